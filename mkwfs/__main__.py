@@ -1,0 +1,3 @@
+from mkwfs.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""Building blocks for tests of the layers above the API client: an ApiClient talking to
+the real emulator through ``httpx.MockTransport`` (no sockets), and a running Tree."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import trio
+
+from mkwfs.api import ApiClient, Credentials, RetryPolicy
+from mkwfs.content import ContentStore
+from mkwfs.emulator import Emulator
+from mkwfs.tree import Tree
+
+BASE_URL = "http://emulator.test"
+
+
+@asynccontextmanager
+async def open_api(emulator: Emulator) -> AsyncIterator[ApiClient]:
+    async with httpx.AsyncClient(transport=emulator.mock_transport()) as http:
+        yield ApiClient(
+            http,
+            BASE_URL,
+            Credentials(token=emulator.issue_token()),
+            retry=RetryPolicy(attempts=1),
+        )
+
+
+@asynccontextmanager
+async def open_content(emulator: Emulator, cache_dir: Path) -> AsyncIterator[ContentStore]:
+    async with open_api(emulator) as api, trio.open_nursery() as nursery:
+        yield ContentStore(api, cache_dir, nursery)
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_tree(
+    emulator: Emulator, cache_dir: Path, *, dir_ttl: float = 10.0, attr_ttl: float = 20.0
+) -> AsyncIterator[Tree]:
+    async with open_api(emulator) as api, trio.open_nursery() as nursery:
+        content = ContentStore(api, cache_dir, nursery)
+        yield Tree(api, content, dir_ttl=dir_ttl, attr_ttl=attr_ttl, mount_time=1_000_000.0)
+        nursery.cancel_scope.cancel()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import trio
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Chunks queued between the network and the disk writer; bounds memory per transfer.
 _QUEUED_CHUNKS = 16
+#: Size probes sent at once by ``prefetch_sizes``.
+_CONCURRENT_PROBES = 16
 
 
 class _Transfer:
@@ -71,6 +74,8 @@ class ContentStore:
         self._complete: set[int] = set()
         self._transfers: dict[int, _Transfer] = {}
         self._size_flights = SingleFlight[int, int]()
+        self._probe_limiter = trio.CapacityLimiter(_CONCURRENT_PROBES)
+        self._queued: set[int] = set()
 
     def _path(self, download_id: int, suffix: str = "") -> Path:
         return self._dir / f"{download_id}{suffix}"
@@ -85,6 +90,39 @@ class ContentStore:
         if known is not None:
             return known
         return await self._size_flights.run(download_id, lambda: self._find_size(download_id))
+
+    async def load_stored_sizes(self, download_ids: Iterable[int]) -> None:
+        """Learn the sizes the disk cache holds for these downloads, in one thread hop, so a
+        listing after a remount can carry every size without a probe."""
+        wanted = [i for i in download_ids if i not in self._sizes]
+        if not wanted:
+            return
+        stored = await trio.to_thread.run_sync(lambda: [self._stored_size(i) for i in wanted])
+        for download_id, size in zip(wanted, stored, strict=True):
+            if size is not None:
+                self._sizes[download_id] = size
+
+    def prefetch_sizes(self, download_ids: Iterable[int]) -> None:
+        """Probe these sizes in the background, a bounded number at a time. A ``size`` call
+        for one of them meanwhile joins its probe rather than sending another."""
+        wanted = [i for i in download_ids if i not in self._sizes and i not in self._queued]
+        if wanted:
+            self._queued.update(wanted)
+            self._nursery.start_soon(self._probe_all, wanted)
+
+    async def _probe_all(self, download_ids: list[int]) -> None:
+        async def probe(download_id: int) -> None:
+            try:
+                async with self._probe_limiter:
+                    await self.size(download_id)
+            except MkwfsError as exc:
+                log.debug("size probe of download %d failed: %s", download_id, exc)
+            finally:
+                self._queued.discard(download_id)
+
+        async with trio.open_nursery() as nursery:
+            for download_id in download_ids:
+                nursery.start_soon(probe, download_id)
 
     async def _find_size(self, download_id: int) -> int:
         stored = await trio.to_thread.run_sync(self._stored_size, download_id)

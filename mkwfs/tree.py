@@ -41,6 +41,9 @@ _ID_LIMIT = 1 << 40
 
 BUILDS_NAME = b"builds"
 
+#: Seconds between two size probes in one build that make it look like a directory scan.
+_SCAN_WINDOW = 2.0
+
 
 @dataclass(frozen=True)
 class Attributes:
@@ -115,6 +118,9 @@ class Tree:
         self._listings = AsyncTTLCache[int, Listing](ttl=dir_ttl, maxsize=1024, timer=timer)
         self._nodes: dict[int, _Node] = {ROOT_INODE: _Root(), BUILDS_INODE: _Builds()}
         self._lookups: Counter[int] = Counter()
+        self._timer = timer
+        #: (build id, download id, time) of the last getattr that needed a size probe.
+        self._last_probe: tuple[int, int, float] | None = None
 
     # -- the API, cached ---------------------------------------------------------------
 
@@ -129,6 +135,7 @@ class Tree:
         async def load() -> Listing:
             downloads = await self._api.list_downloads(build_id)
             mine = [d for d in downloads if d.build_id in (None, build_id) and d.id < _ID_LIMIT]
+            await self._content.load_stored_sizes(d.id for d in mine)
             return dict(file_names(mine))
 
         return await self._listings.get(build_id, load)
@@ -233,11 +240,33 @@ class Tree:
         return self._attributes(child)
 
     async def getattr(self, ino: int) -> Attributes:
-        """Attributes with the true size: a file's size is probed if not known yet."""
+        """Attributes with the true size: a file's size is probed if not known yet.
+
+        When two files of one build need a probe within ``_SCAN_WINDOW`` seconds, someone is
+        going through the directory (``ls -l``, a file manager): the sizes of all its files
+        are then probed concurrently in the background, instead of one stat at a time.
+        """
         node = self._node(ino)
-        if isinstance(node, _File):
-            return self._attributes(node, await self._content.size(node.download.id))
-        return self._attributes(node)
+        if not isinstance(node, _File):
+            return self._attributes(node)
+        download_id = node.download.id
+        if self._content.known_size(download_id) is None:
+            self._notice_probe(node)
+        return self._attributes(node, await self._content.size(download_id))
+
+    def _notice_probe(self, node: _File) -> None:
+        now = self._timer()
+        build_id, download_id = node.build.id, node.download.id
+        last = self._last_probe
+        self._last_probe = (build_id, download_id, now)
+        if last is None or last[0] != build_id or last[1] == download_id:
+            return
+        if now - last[2] > _SCAN_WINDOW:
+            return
+        listing = self._listings.peek(build_id)
+        if listing is not None:
+            ordered = sorted(listing.items())  # the order ls and file managers stat in
+            self._content.prefetch_sizes(d.id for _, d in ordered)
 
     async def listdir(self, ino: int) -> list[tuple[bytes, Attributes]]:
         """The entries of a directory, without probing any size. The caller reports each

@@ -12,12 +12,21 @@ from mkwfs.emulator import (
     AWKWARD_BUILD,
     DEMO_BUILD,
     FORBIDDEN_BUILD,
+    LARGE_BUILD,
     Emulator,
     EmulatorConfig,
 )
 from mkwfs.errors import IsADirectory, NoSuchEntry, NotADirectory, PermissionDenied, ServerError
 from mkwfs.models import parse_timestamp
-from mkwfs.tree import BUILDS_INODE, ROOT_INODE, Attributes, Tree, build_inode, file_inode
+from mkwfs.tree import (
+    BUILDS_INODE,
+    FILE_BASE,
+    ROOT_INODE,
+    Attributes,
+    Tree,
+    build_inode,
+    file_inode,
+)
 from tests.helpers import open_tree
 
 LIST = "GET /api/v1/downloads"
@@ -214,3 +223,44 @@ async def test_inodes_are_stable_across_trees(emulator: Emulator, tmp_path: Path
             build = await build_dir(tree, DEMO_BUILD)
             seen.append(await tree.listdir(build.ino))
     assert [(n, a.ino) for n, a in seen[0]] == [(n, a.ino) for n, a in seen[1]]
+
+
+async def test_a_directory_scan_probes_sizes_concurrently_and_once(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    async with open_tree(emulator, tmp_path) as tree:
+        build = await build_dir(tree, LARGE_BUILD)
+        entries = await tree.listdir(build.ino)
+        assert len(entries) == 1000
+        # A single stat probes one size only.
+        first = await tree.getattr(entries[0][1].ino)
+        assert emulator.requests[HEAD] == 1
+        # A second one soon after looks like `ls -l`: the rest is probed in the background.
+        await tree.getattr(entries[1][1].ino)
+        with trio.fail_after(30):
+            while emulator.requests[HEAD] < 1000:
+                await trio.sleep(0.01)
+            for name, attrs in entries:
+                stat = await tree.getattr(attrs.ino)
+                assert stat.size == emulator.body_path(attrs.ino - FILE_BASE).stat().st_size
+                assert stat.attr_timeout > 0, name
+    assert first.size > 0
+    assert emulator.requests[HEAD] == 1000
+    assert emulator.requests[LIST] == 1
+
+
+async def test_after_a_remount_listings_carry_the_stored_sizes(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    async with open_tree(emulator, tmp_path / "cache") as tree:
+        build = await build_dir(tree, DEMO_BUILD)
+        for _, attrs in await tree.listdir(build.ino):
+            await tree.getattr(attrs.ino)
+    probes = emulator.requests[HEAD]
+    async with open_tree(emulator, tmp_path / "cache") as tree:
+        build = await build_dir(tree, DEMO_BUILD)
+        for _, attrs in await tree.listdir(build.ino):
+            assert attrs.size == emulator.body_path(attrs.ino - FILE_BASE).stat().st_size
+            assert attrs.attr_timeout > 0
+    assert emulator.requests[HEAD] == probes
+    assert emulator.requests[GET] == 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import trio
@@ -62,11 +63,37 @@ class _Transfer:
             await self._changed.wait()
 
 
+@dataclass
+class ContentStats:
+    """Counters for ``mkwfs status``."""
+
+    #: Transfers started (each is one GET of a body, or of a part of one).
+    transfers: int = 0
+    #: Body bytes received from the server.
+    bytes_received: int = 0
+    #: Transfers that ended in an error.
+    failed_transfers: int = 0
+    #: Reads answered (from disk, or after waiting for a transfer).
+    reads: int = 0
+    #: Bytes in complete and partial bodies on disk, as far as this process knows.
+    cached_bytes: int = 0
+
+
 class ContentStore:
     """The on-disk content cache. Background transfers run in the nursery given."""
 
-    def __init__(self, api: ApiClient, cache_dir: Path, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        api: ApiClient,
+        cache_dir: Path,
+        nursery: trio.Nursery,
+        *,
+        max_bytes: int | None = None,
+    ) -> None:
         self._api = api
+        #: Bound on the bytes of cached bodies (least recently used go first); None: no bound.
+        self.max_bytes = max_bytes
+        self._stats = ContentStats()
         self._dir = cache_dir / "content"
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._nursery = nursery
@@ -76,6 +103,10 @@ class ContentStore:
         self._size_flights = SingleFlight[int, int]()
         self._probe_limiter = trio.CapacityLimiter(_CONCURRENT_PROBES)
         self._queued: set[int] = set()
+
+    def stats(self) -> ContentStats:
+        """A snapshot of the counters."""
+        return replace(self._stats)
 
     def _path(self, download_id: int, suffix: str = "") -> Path:
         return self._dir / f"{download_id}{suffix}"
@@ -167,6 +198,7 @@ class ContentStore:
 
     async def read(self, download_id: int, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset``; fewer only at the end of the body."""
+        self._stats.reads += 1
         if download_id not in self._complete:
             transfer = self._transfers.get(download_id)
             if transfer is None:
@@ -196,6 +228,7 @@ class ContentStore:
         transfer = self._transfers.get(download_id)
         if transfer is None:
             transfer = self._transfers[download_id] = _Transfer(download_id)
+            self._stats.transfers += 1
             self._nursery.start_soon(self._run_transfer, transfer)
         return transfer
 
@@ -205,8 +238,10 @@ class ContentStore:
             await self._download(transfer)
         except MkwfsError as exc:
             log.debug("download %d failed: %s", download_id, exc)
+            self._stats.failed_transfers += 1
             transfer.error = exc
         except OSError as exc:
+            self._stats.failed_transfers += 1
             transfer.error = ContentError(f"cannot store download {download_id}: {exc}")
             log.warning("%s", transfer.error)
         finally:
@@ -269,6 +304,7 @@ class ContentStore:
                         write_error.append(exc)
                         return
                     transfer.received += len(data)
+                    self._stats.bytes_received += len(data)
                     transfer.notify()
 
         network_error: MkwfsError | None = None

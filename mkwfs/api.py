@@ -114,7 +114,7 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay, self.base_delay * 2**retry))
 
 
-def _is_transient(error: ApiError) -> bool:
+def is_transient(error: ApiError) -> bool:
     """True for failures that another try of the same idempotent request may not meet."""
     if isinstance(error, TransportError):
         return True
@@ -334,7 +334,7 @@ class ApiClient:
                 return await call()
             except ApiError as exc:
                 failures += 1
-                if failures >= self._retry.attempts or not _is_transient(exc):
+                if failures >= self._retry.attempts or not is_transient(exc):
                     raise
                 delay = self._retry.delay(failures - 1, exc)
                 logger.info("retry %d in %.2f s after: %s", failures, delay, exc)

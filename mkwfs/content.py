@@ -1,86 +1,164 @@
-"""Download bodies: lazy, streamed to disk, one transfer per download, served as bytes arrive.
+"""Download bodies: lazy, streamed to disk, fetched once, served as their bytes arrive.
 
-Nothing is fetched until ``read`` (or ``size`` on a server that will not tell a size without
-the body). A download id's bytes never change, so a body once complete is served from disk
-for good. Layout of ``<cache dir>/content``:
+Nothing is fetched until ``read`` (or ``size``, on a server that tells a size only with the
+body). A download id's bytes never change, so what is on disk is served for good.
 
-``<id>``
-    a complete body. It is renamed into place only after its byte count was checked against
-    the server's ``Content-Length`` and the data synced, so a crash never leaves a short file
-    under this name.
-``<id>.part``
-    a body being received, or left behind by a crash or a failed transfer; the next transfer
-    resumes it with ``Range`` (or starts over when the server ignores ``Range``).
-``<id>.size``
-    the body's size in bytes as decimal text, from a probe or a transfer's headers.
+How reads become requests
+    A read waits for a running fetch that is about to deliver its bytes; otherwise it starts
+    one. A read from the start of a body starts one open-ended fetch for all of it (``cp``,
+    ``cat``, checksums: one request per file). A read elsewhere, on a server that honours
+    ``Range``, fetches only a window: the tail of the file for reads near its end (where
+    ZIPs keep their directory), the member it falls in once the ZIP's directory is known
+    (``ziphints``), else ``_RANDOM_WINDOW`` bytes; a reader that carries on where a window
+    ended gets an open-ended fetch. An open-ended fetch runs at most ``_READAHEAD`` bytes
+    ahead of what readers asked for, and stops where the bytes on disk begin. A server that
+    ignores ``Range`` gets one sequential download per body, never several.
+
+Failures
+    Transient failures (connection lost, timeouts, 429, 502/503/504, a body cut short) are
+    retried with exponential backoff and jitter, resuming at the byte reached. A read fails
+    once its bytes made no progress for ``stall_timeout`` seconds, or with the error of the
+    fetch that was to bring them; the next read tries again.
+
+Layout of ``<cache dir>/content``
+    ``<id>``       a complete body: renamed into place only once every byte is on disk and
+                   synced, so a crash never leaves a short file under this name;
+    ``<id>.part``  a body in progress (sparse);
+    ``<id>.map``   which ranges of ``<id>.part`` are on disk, written after syncing them, so
+                   after a crash only bytes that were really written are trusted;
+    ``<id>.size``  the body's size, as decimal text.
+    With ``max_bytes``, the least recently used bodies are deleted (their sizes are kept)
+    while the bodies take more; a body being read or fetched is never deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import math
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import trio
 
-from mkwfs.api import ApiClient, DownloadStream
+from mkwfs.api import ApiClient, DownloadStream, RetryPolicy, is_transient
 from mkwfs.cache import SingleFlight
-from mkwfs.errors import ContentError, MkwfsError, ProtocolError
+from mkwfs.errors import (
+    ApiError,
+    ContentError,
+    MkwfsError,
+    ProtocolError,
+    TransportError,
+)
+from mkwfs.extents import Extents
+from mkwfs.ziphints import TAIL_SEARCH, central_directory, member_boundaries
 
 log = logging.getLogger(__name__)
 
-#: Chunks queued between the network and the disk writer; bounds memory per transfer.
+_MiB = 1 << 20
+_EVERYTHING = 1 << 62
+#: Chunks queued between the network and the disk writer; bounds memory per fetch.
 _QUEUED_CHUNKS = 16
 #: Size probes sent at once by ``prefetch_sizes``.
 _CONCURRENT_PROBES = 16
-
-
-class _Transfer:
-    """One download in progress: how far it got, and a way to wait for more."""
-
-    def __init__(self, download_id: int) -> None:
-        self.download_id = download_id
-        #: Bytes on disk in the ``.part`` file, contiguous from offset 0.
-        self.received = 0
-        self.size: int | None = None
-        self.done = False
-        self.error: MkwfsError | None = None
-        self._changed = trio.Event()
-
-    def notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def clamp(self, end: int) -> int:
-        return end if self.size is None else min(end, self.size)
-
-    async def wait_for(self, end: int) -> None:
-        """Return once the first ``end`` bytes (or the whole body, if shorter) are on disk,
-        or the transfer is over."""
-        while self.received < self.clamp(end) and not self.done:
-            await self._changed.wait()
+#: A read joins a running fetch that is at most this far before the bytes it needs.
+_JOIN_DISTANCE = 4 * _MiB
+#: How far an open-ended fetch may run ahead of the furthest byte asked for.
+_READAHEAD = 32 * _MiB
+#: An open-ended fetch that waited this long for readers closes its connection.
+_IDLE_CLOSE = 10.0
+#: What a read in the middle of a body fetches when nothing better is known.
+_RANDOM_WINDOW = 256 * 1024
+#: A read within this many bytes of the end fetches all of them (ZIP directories live there).
+_TAIL_WINDOW = 256 * 1024
+#: A member-sized fetch is at least this long (small members are fetched together).
+_MIN_FETCH = 64 * 1024
+#: Bytes written between two records of what is on disk (``.map``).
+_MAP_INTERVAL = 16 * _MiB
+#: A body used this recently is not evicted (it is probably still being read).
+_EVICTION_GRACE = 2.0
+#: Backoff between retries of a fetch (its attempts are bounded by ``stall_timeout``).
+_FETCH_BACKOFF = RetryPolicy(attempts=1_000_000, base_delay=0.25, max_delay=4.0)
 
 
 @dataclass
 class ContentStats:
     """Counters for ``mkwfs status``."""
 
-    #: Transfers started (each is one GET of a body, or of a part of one).
+    #: Fetches started (each is one GET of a body, or of a range of one), retries included.
     transfers: int = 0
     #: Body bytes received from the server.
     bytes_received: int = 0
-    #: Transfers that ended in an error.
+    #: Fetches that ended in an error after their retries.
     failed_transfers: int = 0
-    #: Reads answered (from disk, or after waiting for a transfer).
+    #: Reads answered (from disk, or after waiting for a fetch).
     reads: int = 0
-    #: Bytes in complete and partial bodies on disk, as far as this process knows.
+    #: Bytes of complete and partial bodies on disk, as far as this process knows.
     cached_bytes: int = 0
 
 
+class _Fetch:
+    """One range being fetched: ``[start, end)``, or from ``start`` to the end of the body."""
+
+    def __init__(self, start: int, end: int | None) -> None:
+        self.start = start
+        self.end = end
+        #: The next byte to write; everything in ``[start, position)`` is on disk.
+        self.position = start
+        self.done = False
+        self.idle = False
+        self.error: MkwfsError | None = None
+
+    def serves(self, offset: int) -> bool:
+        return (
+            not self.done
+            and self.start <= offset
+            and (self.end is None or offset < self.end)
+            and offset - self.position <= _JOIN_DISTANCE
+        )
+
+
+class _Body:
+    """A body not yet complete on disk, while something reads or fetches it."""
+
+    def __init__(self, download_id: int, fd: int, extents: Extents, size: int | None) -> None:
+        self.download_id = download_id
+        self.fd = fd
+        self.extents = extents
+        self.size = size
+        self.fetches: list[_Fetch] = []
+        #: The furthest byte any reader asked for: open-ended fetches stay near it.
+        self.demand = 0
+        #: Where finished small windows ended: a read there is a reader going on.
+        self.streaks: set[int] = set()
+        #: Offsets where ZIP members begin, once the directory was read (see ziphints).
+        self.boundaries: list[int] | None = None
+        #: Bytes on disk as last recorded in the ``.map`` file.
+        self.mapped = extents.total
+        self.users = 0
+        #: Set while the body is being finished or closed; ``rested`` fires after.
+        self.resting = False
+        self.rested = trio.Event()
+        self._changed = trio.Event()
+
+    @property
+    def complete(self) -> bool:
+        return self.size is not None and self.extents.covers(0, self.size)
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+
 class ContentStore:
-    """The on-disk content cache. Background transfers run in the nursery given."""
+    """The on-disk content cache. Fetches run in the nursery given."""
 
     def __init__(
         self,
@@ -89,27 +167,38 @@ class ContentStore:
         nursery: trio.Nursery,
         *,
         max_bytes: int | None = None,
+        stall_timeout: float = 15.0,
     ) -> None:
         self._api = api
         #: Bound on the bytes of cached bodies (least recently used go first); None: no bound.
         self.max_bytes = max_bytes
+        self.stall_timeout = stall_timeout
         self._stats = ContentStats()
         self._dir = cache_dir / "content"
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._nursery = nursery
         self._sizes: dict[int, int] = {}
         self._complete: set[int] = set()
-        self._transfers: dict[int, _Transfer] = {}
+        self._bodies: dict[int, _Body] = {}
+        self._body_flights = SingleFlight[int, _Body | None]()
         self._size_flights = SingleFlight[int, int]()
         self._probe_limiter = trio.CapacityLimiter(_CONCURRENT_PROBES)
         self._queued: set[int] = set()
+        #: Whether the server honours Range: None until a ranged request tells.
+        self.ranges: bool | None = None
+        #: Bytes on disk per download id and when it was last used (None: not scanned yet).
+        self._usage: dict[int, tuple[int, float]] | None = None
 
     def stats(self) -> ContentStats:
         """A snapshot of the counters."""
+        if self._usage is not None:
+            self._stats.cached_bytes = sum(b for b, _ in self._usage.values())
         return replace(self._stats)
 
     def _path(self, download_id: int, suffix: str = "") -> Path:
         return self._dir / f"{download_id}{suffix}"
+
+    # -- sizes -----------------------------------------------------------------------------
 
     def known_size(self, download_id: int) -> int | None:
         """The size if this process already knows it; never does I/O."""
@@ -164,12 +253,19 @@ class ContentStore:
         if info.size is not None:
             await self._remember_size(download_id, info.size)
             return info.size
-        # The server will not tell the size without sending the body: take the body.
-        transfer = self._transfer(download_id)
-        await transfer.wait_for(2**63)
-        if transfer.error is not None:
-            raise transfer.error
-        return self._sizes[download_id]
+        # The server tells the size only with the body: take the body, once.
+        body = await self._open_body(download_id)
+        if body is None:  # Completed meanwhile.
+            return await trio.to_thread.run_sync(lambda: self._path(download_id).stat().st_size)
+        body.users += 1
+        try:
+            body.demand = _EVERYTHING
+            while body.size is None:
+                await self._wait_for_progress(body, self._fetch_for(body, 0))
+            return body.size
+        finally:
+            body.users -= 1
+            await self._settle(body)
 
     def _stored_size(self, download_id: int) -> int | None:
         try:
@@ -196,22 +292,25 @@ class ContentStore:
         except OSError as exc:
             log.warning("cannot store the size of download %d: %s", download_id, exc)
 
+    # -- reads -------------------------------------------------------------------------------
+
     async def read(self, download_id: int, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset``; fewer only at the end of the body."""
         self._stats.reads += 1
         if download_id not in self._complete:
-            transfer = self._transfers.get(download_id)
-            if transfer is None:
-                if await trio.to_thread.run_sync(self._path(download_id).exists):
-                    self._complete.add(download_id)
-                else:
-                    transfer = self._transfer(download_id)
-            if transfer is not None:
-                await transfer.wait_for(offset + length)
-                if transfer.error is not None and transfer.received < transfer.clamp(
-                    offset + length
-                ):
-                    raise transfer.error
+            size = await self.size(download_id)
+            end = min(offset + length, size)
+            if offset >= end:
+                return b""
+            body = await self._open_body(download_id)
+            if body is not None:
+                body.users += 1
+                try:
+                    await self._wait_for(body, offset, end)
+                finally:
+                    body.users -= 1
+                    await self._settle(body)
+        self._touch(download_id)
         try:
             return await trio.to_thread.run_sync(
                 _pread_either,
@@ -223,109 +322,365 @@ class ContentStore:
         except OSError as exc:
             raise ContentError(f"cannot read cached download {download_id}: {exc}") from exc
 
-    def _transfer(self, download_id: int) -> _Transfer:
-        """The transfer of this body, started now unless one is running."""
-        transfer = self._transfers.get(download_id)
-        if transfer is None:
-            transfer = self._transfers[download_id] = _Transfer(download_id)
-            self._stats.transfers += 1
-            self._nursery.start_soon(self._run_transfer, transfer)
-        return transfer
+    async def _open_body(self, download_id: int) -> _Body | None:
+        """The body in progress, loaded from disk if need be; None once it is complete."""
+        while (body := self._bodies.get(download_id)) is not None:
+            if not body.resting:
+                return body
+            await body.rested.wait()
+        return await self._body_flights.run(download_id, lambda: self._load_body(download_id))
 
-    async def _run_transfer(self, transfer: _Transfer) -> None:
-        download_id = transfer.download_id
+    async def _load_body(self, download_id: int) -> _Body | None:
+        if download_id in self._complete:
+            return None
         try:
-            await self._download(transfer)
+            state = await trio.to_thread.run_sync(
+                _load_part,
+                self._path(download_id),
+                self._path(download_id, ".part"),
+                self._path(download_id, ".map"),
+            )
+        except OSError as exc:
+            raise ContentError(f"cannot open the cache of download {download_id}: {exc}") from exc
+        if state is None:
+            self._complete.add(download_id)
+            return None
+        fd, extents = state
+        body = _Body(download_id, fd, extents, self._sizes.get(download_id))
+        self._bodies[download_id] = body
+        return body
+
+    async def _wait_for(self, body: _Body, offset: int, end: int) -> None:
+        """Return once ``[offset, end)`` is on disk; raise when it cannot be had."""
+        if end > body.demand:
+            body.demand = end
+            body.notify()
+        while (gap := body.extents.first_gap(offset, end)) is not None:
+            if not any(f.serves(gap[0]) for f in body.fetches):
+                await self._learn_layout(body)
+            await self._wait_for_progress(body, self._fetch_for(body, gap[0]))
+
+    async def _wait_for_progress(self, body: _Body, fetch: _Fetch) -> None:
+        """Wait for the body to change; raise if ``fetch`` failed, or nothing came in time."""
+        with trio.move_on_after(self.stall_timeout) as waited:
+            await body.changed()
+        if fetch.done and fetch.error is not None:
+            raise fetch.error
+        if waited.cancelled_caught:
+            raise TransportError(
+                f"download {body.download_id}: no data for {self.stall_timeout:g} s",
+                url=f"/api/v1/downloads/{body.download_id}",
+            )
+
+    def _fetch_for(self, body: _Body, offset: int) -> _Fetch:
+        """The fetch that will bring the byte at ``offset``: a running one, or a new one."""
+        for fetch in body.fetches:
+            if fetch.serves(offset) or (self.ranges is False and not fetch.done):
+                return fetch
+        start, end = self._plan(body, offset)
+        log.debug("download %d: fetching %d-%s for a read at %d", body.download_id, start,
+                  "" if end is None else end, offset)  # fmt: skip
+        fetch = _Fetch(start, end)
+        body.fetches.append(fetch)
+        self._nursery.start_soon(self._run_fetch, body, fetch)
+        return fetch
+
+    def _plan(self, body: _Body, offset: int) -> tuple[int, int | None]:
+        """Which range to fetch for a read whose first missing byte is ``offset``."""
+        size = body.size
+        if size is None or self.ranges is False:
+            return 0, None
+        limit = body.extents.missing_until(offset, size)
+        window = offset, min(offset + _RANDOM_WINDOW, limit)
+        tail = max(size - _TAIL_WINDOW, 0)
+        if offset >= tail:
+            return body.extents.missing_since(offset, tail), limit
+        if offset > 0 and body.extents.present_until(offset - 1) == offset:
+            # Right after bytes on disk: a reader going on, or the kernel reading ahead past
+            # what it wanted. A small window first; open-ended once it goes on again.
+            return (offset, None) if offset in body.streaks else window
+        if body.boundaries is not None:
+            for boundary in body.boundaries:
+                if boundary >= offset + _MIN_FETCH:
+                    return offset, min(boundary, limit)
+            return offset, limit
+        return (offset, None) if offset == 0 else window
+
+    # -- fetches -----------------------------------------------------------------------------
+
+    def _finished(self, body: _Body, fetch: _Fetch) -> bool:
+        if fetch.idle:
+            return True
+        if fetch.end is not None and fetch.position >= fetch.end:
+            return True
+        if body.size is not None and fetch.position >= body.size:
+            return True
+        # Ran into bytes already on disk (a server ignoring Range resends them: go on).
+        return (
+            self.ranges is not False
+            and fetch.position > fetch.start
+            and body.extents.present_until(fetch.position) > fetch.position
+        )
+
+    async def _run_fetch(self, body: _Body, fetch: _Fetch) -> None:
+        download_id = body.download_id
+        failures = 0
+        last_progress = trio.current_time()
+        try:
+            while not self._finished(body, fetch):
+                reached = fetch.position
+                try:
+                    self._stats.transfers += 1
+                    await self._fetch_once(body, fetch)
+                except ApiError as exc:
+                    if fetch.position > reached:
+                        last_progress = trio.current_time()
+                        failures = 0
+                    retry = _retryable(exc) and (
+                        trio.current_time() - last_progress < self.stall_timeout
+                    )
+                    if not retry:
+                        raise
+                    delay = _FETCH_BACKOFF.delay(failures, exc)
+                    failures += 1
+                    log.info("download %d: retry in %.2f s after: %s", download_id, delay, exc)
+                    await trio.sleep(delay)
+                else:
+                    if body.size is None and fetch.end is None:
+                        body.size = fetch.position  # No size was given: the body ended here.
+                        await self._remember_size(download_id, fetch.position)
         except MkwfsError as exc:
-            log.debug("download %d failed: %s", download_id, exc)
             self._stats.failed_transfers += 1
-            transfer.error = exc
+            fetch.error = exc
+            log.debug("download %d failed: %s", download_id, exc)
         except OSError as exc:
             self._stats.failed_transfers += 1
-            transfer.error = ContentError(f"cannot store download {download_id}: {exc}")
-            log.warning("%s", transfer.error)
+            fetch.error = ContentError(f"cannot store download {download_id}: {exc}")
+            log.warning("%s", fetch.error)
         finally:
-            transfer.done = True
-            del self._transfers[download_id]
-            transfer.notify()
+            fetch.done = True
+            body.fetches.remove(fetch)
+            if fetch.end is not None and fetch.end - fetch.start <= _RANDOM_WINDOW:
+                body.streaks.add(fetch.end)
+            body.notify()
+            await self._settle(body)
 
-    async def _download(self, transfer: _Transfer) -> None:
-        download_id = transfer.download_id
-        part = self._path(download_id, ".part")
-        fd = await trio.to_thread.run_sync(_open_part, part)
-        try:
-            start = os.fstat(fd).st_size
-            known = self._sizes.get(download_id)
-            if known is not None and start >= known:
-                start = 0  # A stale or overlong partial body: start over.
-            async with self._api.open_download(download_id, start=start) as stream:
-                if stream.offset != start:
-                    log.debug("download %d: server ignored Range, starting over", download_id)
-                await trio.to_thread.run_sync(os.ftruncate, fd, stream.offset)
-                transfer.received = stream.offset
-                if stream.info.size is not None:
-                    transfer.size = stream.info.size
-                    await self._remember_size(download_id, stream.info.size)
-                transfer.notify()
-                await self._copy(stream, fd, transfer)
-            if transfer.size is None:
-                transfer.size = transfer.received
-                await self._remember_size(download_id, transfer.received)
-            elif transfer.received != transfer.size:
-                raise ProtocolError(
-                    f"download {download_id}: got {transfer.received} of {transfer.size} bytes",
-                    url=f"/api/v1/downloads/{download_id}",
-                )
-            await trio.to_thread.run_sync(_finish, fd, part, self._path(download_id))
-            fd = -1
-            self._complete.add(download_id)
-        finally:
-            if fd >= 0:
-                os.close(fd)
+    async def _fetch_once(self, body: _Body, fetch: _Fetch) -> None:
+        download_id = body.download_id
+        async with self._api.open_download(
+            download_id, start=fetch.position, end=fetch.end
+        ) as stream:
+            if stream.offset != fetch.position:
+                if self.ranges is not False:
+                    log.info("the server ignores Range: one sequential download per file")
+                self.ranges = False
+                fetch.start = fetch.position = stream.offset
+                fetch.end = None
+            elif fetch.position > 0 or fetch.end is not None:
+                self.ranges = True
+            total = stream.info.size
+            if total is not None:
+                if body.size is not None and total != body.size:
+                    raise ContentError(
+                        f"download {download_id} is {total} bytes now, but {body.size} "
+                        "before: its bytes changed on the server"
+                    )
+                body.size = total
+                await self._remember_size(download_id, total)
+            await self._copy(stream, body, fetch)
 
-    async def _copy(self, stream: DownloadStream, fd: int, transfer: _Transfer) -> None:
-        """Network to disk, the disk writes batched while the network keeps going."""
+    async def _copy(self, stream: DownloadStream, body: _Body, fetch: _Fetch) -> None:
+        """Network to disk, the disk writes batched while the network keeps going; stops
+        when the range is done, runs into bytes on disk, or readers stay away."""
         send, receive = trio.open_memory_channel[bytes](_QUEUED_CHUNKS)
-        write_error: list[OSError] = []
+        failure: list[Exception] = []
 
-        async def write_batches() -> None:
-            async with receive:
-                async for chunk in receive:
-                    batch = [chunk]
-                    while True:
-                        try:
-                            batch.append(receive.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
+        async def write_batches(cancel: trio.CancelScope) -> None:
+            try:
+                async with receive:
+                    async for chunk in receive:
+                        batch = [chunk]
+                        while True:
+                            try:
+                                batch.append(receive.receive_nowait())
+                            except (trio.WouldBlock, trio.EndOfChannel):
+                                break
+                        await self._write(body, fetch, b"".join(batch))
+                        if self._finished(body, fetch):
                             break
-                    data = b"".join(batch) if len(batch) > 1 else chunk
-                    try:
-                        await trio.to_thread.run_sync(_write_all, fd, data, transfer.received)
-                    except OSError as exc:
-                        write_error.append(exc)
-                        return
-                    transfer.received += len(data)
-                    self._stats.bytes_received += len(data)
-                    transfer.notify()
+            except OSError as exc:
+                failure.append(exc)
+            cancel.cancel()
 
-        network_error: MkwfsError | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(write_batches)
+            nursery.start_soon(write_batches, nursery.cancel_scope)
             try:
                 async with send:
                     async for chunk in stream.iter_chunks():
                         await send.send(chunk)
-            except trio.BrokenResourceError:
-                pass  # The writer stopped on a disk error, raised below.
+                        if fetch.end is None:
+                            await self._hold_back(body, fetch)
+                            if fetch.idle:
+                                break
             except MkwfsError as exc:
-                network_error = exc
-        if write_error:
-            raise write_error[0]
-        if network_error is not None:
-            raise network_error
+                failure.append(exc)
+                nursery.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
+
+    async def _write(self, body: _Body, fetch: _Fetch, data: bytes) -> None:
+        if fetch.end is not None:
+            data = data[: fetch.end - fetch.position]
+        if body.size is not None:
+            data = data[: max(body.size - fetch.position, 0)]
+        await trio.to_thread.run_sync(_write_all, body.fd, data, fetch.position)
+        body.extents.add(fetch.position, fetch.position + len(data))
+        fetch.position += len(data)
+        self._stats.bytes_received += len(data)
+        body.notify()
+        if body.extents.total - body.mapped >= _MAP_INTERVAL:
+            await self._record_map(body)
+
+    async def _hold_back(self, body: _Body, fetch: _Fetch) -> None:
+        """Pause an open-ended fetch that ran far ahead of its readers; give it up (close the
+        connection) when they stay away."""
+        while fetch.position > body.demand + _READAHEAD:
+            with trio.move_on_after(_IDLE_CLOSE):
+                await body.changed()
+                continue
+            log.debug("download %d: no reader, pausing at %d", body.download_id, fetch.position)
+            fetch.idle = True
+            return
+
+    async def _learn_layout(self, body: _Body) -> None:
+        """Once the end of a ZIP and its directory are on disk, note where members begin."""
+        size = body.size
+        if body.boundaries is not None or size is None:
+            return
+        tail_start = max(size - TAIL_SEARCH, 0)
+        if not body.extents.covers(tail_start, size):
+            return
+        try:
+            tail = await trio.to_thread.run_sync(os.pread, body.fd, size - tail_start, tail_start)
+            located = central_directory(tail, tail_start)
+            if located is None:
+                body.boundaries = []
+                return
+            offset, length = located
+            if offset + length > size or not body.extents.covers(offset, offset + length):
+                return  # The directory is not here yet: perhaps after the next fetch.
+            directory = await trio.to_thread.run_sync(os.pread, body.fd, length, offset)
+        except OSError:
+            return
+        body.boundaries = member_boundaries(directory, offset) or []
+
+    # -- disk state ----------------------------------------------------------------------------
+
+    async def _record_map(self, body: _Body) -> None:
+        """Sync the body, then record which ranges are on disk."""
+        ranges = body.extents.ranges
+        payload = json.dumps({"size": body.size, "ranges": ranges}).encode()
+        await trio.to_thread.run_sync(
+            _sync_and_write, body.fd, self._path(body.download_id, ".map"), payload
+        )
+        body.mapped = sum(e - s for s, e in ranges)
+
+    async def _settle(self, body: _Body) -> None:
+        """After a fetch or a read: finish a complete body, or put an idle one to rest."""
+        if body.fetches or body.users or body.resting:
+            return
+        with trio.CancelScope(shield=True):
+            await self._put_to_rest(body)
+
+    async def _put_to_rest(self, body: _Body) -> None:
+        """Finish or close a body. Meanwhile ``_open_body`` waits for it, so nobody uses a
+        descriptor being closed or loads a map being written."""
+        download_id = body.download_id
+        body.resting = True
+        try:
+            if body.complete:
+                # From now on reads go to the file, whichever of its two names it has.
+                self._complete.add(download_id)
+                await trio.to_thread.run_sync(
+                    _finish,
+                    body.fd,
+                    self._path(download_id, ".part"),
+                    self._path(download_id),
+                    self._path(download_id, ".map"),
+                )
+            else:
+                if body.extents.total != body.mapped:
+                    await self._record_map(body)
+                os.close(body.fd)
+        except OSError as exc:
+            log.warning("cannot store download %d: %s", download_id, exc)
+            with contextlib.suppress(OSError):
+                os.close(body.fd)
+        finally:
+            del self._bodies[download_id]
+            body.rested.set()
+        self._touch(download_id, body.extents.total)
+        await self._evict()
+
+    # -- eviction ------------------------------------------------------------------------------
+
+    def _touch(self, download_id: int, size: int | None = None) -> None:
+        if self._usage is None:
+            return
+        known = self._usage.get(download_id)
+        if size is None:
+            if known is None:
+                return
+            size = known[0]
+        self._usage[download_id] = (size, trio.current_time())
+
+    async def _evict(self) -> None:
+        if self._usage is None:
+            scanned = await trio.to_thread.run_sync(_scan, self._dir)
+            offset = trio.current_time() - time.time()  # wall clock -> trio clock
+            self._usage = {i: (b, when + offset) for i, (b, when) in scanned.items()}
+        if self.max_bytes is None:
+            return
+        total = sum(b for b, _ in self._usage.values())
+        if total <= self.max_bytes:
+            return
+        recent = trio.current_time() - _EVICTION_GRACE
+        for download_id, (used, when) in sorted(self._usage.items(), key=lambda kv: kv[1][1]):
+            if total <= self.max_bytes:
+                break
+            if download_id in self._bodies or when > recent:
+                continue  # Being read or fetched, or just now.
+            del self._usage[download_id]
+            self._complete.discard(download_id)
+            total -= used
+            try:
+                await trio.to_thread.run_sync(_delete_body, self._dir, download_id)
+            except OSError as exc:
+                log.warning("cannot evict download %d: %s", download_id, exc)
+            log.debug("evicted download %d (%d bytes)", download_id, used)
 
 
-def _open_part(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _retryable(error: ApiError) -> bool:
+    """Worth another try of a body fetch: what is transient for any request, and a body
+    that ended short."""
+    return isinstance(error, ProtocolError) or is_transient(error)
+
+
+def _load_part(final: Path, part: Path, ranges: Path) -> tuple[int, Extents] | None:
+    """Open a partial body, trusting only the ranges its map records; None if complete."""
+    if final.exists():
+        return None
+    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    extents = Extents()
+    try:
+        recorded = json.loads(ranges.read_bytes())
+        length = os.fstat(fd).st_size
+        for start, end in recorded["ranges"]:
+            if isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= length:
+                extents.add(start, end)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # No usable map: nothing on disk is trusted.
+    return fd, extents
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
@@ -336,19 +691,44 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         offset += written
 
 
-def _finish(fd: int, part: Path, final: Path) -> None:
+def _sync_and_write(fd: int, path: Path, payload: bytes) -> None:
+    os.fdatasync(fd)
+    _write_atomically(path, payload)
+
+
+def _finish(fd: int, part: Path, final: Path, ranges: Path) -> None:
     """Make a complete body durable, then give it its final name."""
     try:
         os.fdatasync(fd)
     finally:
         os.close(fd)
     os.replace(part, final)
+    ranges.unlink(missing_ok=True)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _scan(directory: Path) -> dict[int, tuple[int, float]]:
+    """Bytes on disk per download id, and when (wall clock) each was last used or written."""
+    found: dict[int, tuple[int, float]] = {}
+    for entry in os.scandir(directory):
+        stem, _, suffix = entry.name.partition(".")
+        if not stem.isdigit() or suffix not in ("", "part"):
+            continue
+        info = entry.stat()
+        used, when = found.get(int(stem), (0, -math.inf))
+        latest = max(when, info.st_atime, info.st_mtime)
+        found[int(stem)] = (used + info.st_blocks * 512, latest)
+    return found
+
+
+def _delete_body(directory: Path, download_id: int) -> None:
+    for suffix in ("", ".part", ".map"):
+        (directory / f"{download_id}{suffix}").unlink(missing_ok=True)
 
 
 def _pread_either(final: Path, part: Path, offset: int, length: int) -> bytes:

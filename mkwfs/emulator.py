@@ -3,14 +3,22 @@
 It plays the Feathers.js server of ``/work/shared/api``: local login with real HS256 JWTs,
 builds, downloads (whose bodies are real, deterministic ZIP files), projects and patterns,
 Feathers error bodies, and every undocumented behaviour a client must cope with, chosen by
-`EmulatorConfig` (HEAD or 405, Range honoured or ignored, chunked bodies, pagination, slow or
-dropped bodies) or injected per request with `Emulator.fail_next`.
+`EmulatorConfig` (HEAD or 405, Range honoured or ignored, chunked bodies, pagination) or
+injected per request with `Emulator.fail_next`.
+
+It also plays a server under fire, switchable per test: latency and jitter, bursts of errors
+(`Emulator.fail_next`, ``config.fail_rate``), 429 with ``Retry-After``, a server that is down
+(``config.down``, `EmulatorServer.stop`), bodies cut by a clean close or a reset, bodies that
+stall, malformed JSON, expiring tokens, forbidden downloads, and builds and downloads that
+appear, change and vanish (`Emulator.add_download`, `Emulator.remove_build`, ...).
 
 `Emulator.handle` is the whole API, a function from an ``httpx.Request`` to an
 ``httpx.Response``. A download body is not bytes but a `FileBody` stream that describes it
-(file, offset, length, throttle, drop point): `Emulator.mock_transport` reads it in process,
-and the HTTP server of `serve_in_thread` sends it with ``sendfile``. No status, header or body
-is decided anywhere else.
+(file, offset, length, throttle, stall, where and how the connection ends), and the delay
+before a response is kept with it (`response_delay`): `Emulator.mock_transport` plays both
+in process, raising the httpx exception a real socket would give, and `EmulatorServer` sends
+them over a socket (bodies with ``sendfile``). No status, header, body or fault is decided
+anywhere else.
 
 Ids and names are fixed (see the module constants); ``config.seed`` drives the bodies' bytes.
 Bodies are generated on first use into ``data_dir`` and reused across runs and processes.
@@ -22,6 +30,7 @@ import argparse
 import base64
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import hmac
 import io
@@ -34,13 +43,17 @@ import secrets
 import signal
 import socket
 import socketserver
+import struct
 import sys
+import termios
 import threading
 import time
+import uuid
+import weakref
 import zipfile
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -51,6 +64,7 @@ import httpx
 import trio
 
 __all__ = [
+    "ANY_ENDPOINT",
     "AWKWARD_BUILD",
     "BIG_BUILD",
     "BIG_ZIP",
@@ -65,15 +79,20 @@ __all__ = [
     "MEDIUM_FILE_SIZE",
     "Emulator",
     "EmulatorConfig",
+    "EmulatorServer",
     "FileBody",
+    "Stall",
     "main",
+    "response_delay",
     "serve_in_thread",
 ]
 
 _log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
-FailureBody = Literal["json", "html", "empty"]
+FailureBody = Literal["json", "html", "empty", "malformed"]
+#: How a connection ends after a cut body: a clean close (FIN) or a reset (RST).
+Ending = Literal["close", "reset"]
 
 DEMO_BUILD: Final = 5139  # FINISHED, 4 typical result ZIPs (few KB .. ~1 MB)
 LARGE_BUILD: Final = 5140  # FINISHED, 1000 small ZIPs
@@ -88,6 +107,8 @@ BIG_ZIP: Final = 5446  # download id of the big ZIP (config.big_file_size) in BI
 MEDIUM_FILE: Final = 5447  # download id of the ~32 MiB ZIP in BIG_BUILD
 MEDIUM_FILE_SIZE: Final = 32 * 2**20
 
+#: `Emulator.fail_next`'s key for every request, whatever its endpoint.
+ANY_ENDPOINT: Final = "*"
 #: Every endpoint key of `Emulator.requests` and `Emulator.fail_next`.
 ENDPOINTS: Final = frozenset(
     {
@@ -109,7 +130,17 @@ ENDPOINTS: Final = frozenset(
 _BODY_FORMAT: Final = 2
 #: Largest piece of a download body read or sent at once.
 _SEGMENT: Final = 2**20
+#: Seconds between looks at a stall's release (and at a stopping server).
+_POLL: Final = 0.01
+#: At most this many seconds for a reset connection's peer to acknowledge what was sent.
+_DRAIN_TIMEOUT: Final = 2.0
+#: Where `Emulator.handle` keeps a response's delay (see `response_delay`).
+_DELAY_KEY: Final = "mkwfs_emulator_delay"
 _CUSTOMER_ID: Final = 1
+#: The first id `Emulator.add_download` gives.
+_ADDED_DOWNLOADS: Final = 7000
+#: Issued tokens remembered before the expired ones are forgotten.
+_TOKEN_RECORDS: Final = 4096
 _ZIP_DATE: Final = (2026, 4, 2, 10, 14, 30)
 
 
@@ -117,7 +148,10 @@ _ZIP_DATE: Final = (2026, 4, 2, 10, 14, 30)
 class EmulatorConfig:
     """How the emulated server behaves. ``seed``, ``big_file_size`` and ``data_dir`` are read
     when an `Emulator` is created; everything else on every request, so a test may swap the
-    config of a running emulator with ``dataclasses.replace``."""
+    config of a running emulator with ``dataclasses.replace`` (setting ``down`` acts at once).
+
+    Random choices (``jitter``, ``fail_rate``) come from one generator seeded with ``seed``,
+    so the same requests in the same order meet the same faults."""
 
     seed: int = 5139
     #: Size of BIG_ZIP; the ZIP is this plus a few KB of small members and headers.
@@ -126,6 +160,8 @@ class EmulatorConfig:
     data_dir: Path | None = None
     email: str = "demo@metakraftwerk.example"
     password: str = "demo-password"
+    #: Seconds a token is valid from its issue (to the server exactly; the ``exp`` claim is,
+    #: like jsonwebtoken's, whole seconds from a whole-second ``iat``).
     token_lifetime: float = 86400.0
     #: None: lists are bare arrays; N: Feathers pages {"total","limit","skip","data"}.
     page_size: int | None = None
@@ -137,8 +173,40 @@ class EmulatorConfig:
     content_length: bool = True
     #: Bytes per second for download bodies; None: full speed.
     throttle: int | None = None
-    #: Close the connection after this many body bytes of each download GET.
+    #: Close the connection cleanly (FIN) after this many body bytes of each download GET: a
+    #: body shorter than its Content-Length (or a chunked body without its last chunk).
     drop_after: int | None = None
+    #: Reset the connection (RST) after this many body bytes of each download GET. When both
+    #: are set, the smaller of ``drop_after`` and ``reset_after`` cuts (a tie: a clean close).
+    reset_after: int | None = None
+    #: Stop sending after this many body bytes of each download GET, the connection left
+    #: open, until `Emulator.release_stalls`, ``stall_seconds`` or the server stops; then the
+    #: rest follows. No stall when the body (or its cut) is not longer than this.
+    stall_after: int | None = None
+    #: None: a stall lasts until released.
+    stall_seconds: float | None = None
+    #: Seconds every response waits before its status line, plus a uniform random share of
+    #: ``jitter`` seconds.
+    latency: float = 0.0
+    jitter: float = 0.0
+    #: Probability that a request (any endpoint) is answered with a failure instead, of a
+    #: status from ``fail_statuses`` and a body from ``fail_bodies`` (see `Emulator.fail_next`).
+    fail_rate: float = 0.0
+    fail_statuses: tuple[int, ...] = (500, 502, 503, 504)
+    fail_bodies: tuple[FailureBody, ...] = ("json", "html", "empty")
+    #: ``Retry-After`` of injected 429s: seconds, or an HTTP date.
+    retry_after: int | str = 1
+    #: 2xx JSON answers of the list and get endpoints cut in half (Content-Length fits the cut).
+    malformed_json: bool = False
+    #: Download ids whose GET and HEAD are answered 403, as every download of FORBIDDEN_BUILD.
+    forbidden_downloads: frozenset[int] = frozenset()
+    #: ``GET /api/v1/downloads?build_id=N`` for a build N that does not exist (or was removed):
+    #: "empty": ``[]`` as Feathers' find; "404": NotFound, as a hook that checks the build would.
+    missing_build_list: Literal["empty", "404"] = "empty"
+    #: The server is down: every `EmulatorServer` of the emulator stops listening and cuts its
+    #: connections (clients get ECONNREFUSED), and `Emulator.handle` raises
+    #: ``httpx.ConnectError``. False again: the servers listen again on the same ports.
+    down: bool = False
 
 
 _DEFAULT_CONFIG: Final = EmulatorConfig()
@@ -225,11 +293,21 @@ def _phrase(status: int) -> str:
         return "Error"
 
 
-def _injected_response(status: int, kind: FailureBody) -> httpx.Response:
+def _cut_json(response: httpx.Response) -> httpx.Response:
+    """``response`` with its (in-memory, JSON) body cut in half: malformed, yet whole as far
+    as HTTP can tell."""
+    content = response.content[: len(response.content) // 2]
+    headers = httpx.Headers(response.headers)
+    headers["Content-Length"] = str(len(content))
+    return httpx.Response(response.status_code, headers=headers, content=content)
+
+
+def _injected_response(status: int, kind: FailureBody, retry_after: int | str) -> httpx.Response:
     """What a failing server or the proxy in front of it answers (see `Emulator.fail_next`)."""
-    headers = {"Retry-After": "1"} if status == 429 else {}
-    if kind == "json":
-        return _error_response(status, _phrase(status), headers=headers)
+    headers = {"Retry-After": str(retry_after)} if status == 429 else {}
+    if kind in ("json", "malformed"):
+        response = _error_response(status, _phrase(status), headers=headers)
+        return response if kind == "json" else _cut_json(response)
     if kind == "html":
         title = f"{status} {_phrase(status)}"
         page = (
@@ -239,6 +317,11 @@ def _injected_response(status: int, kind: FailureBody) -> httpx.Response:
         )
         return _bytes_response(status, page.encode(), "text/html", headers)
     return _bytes_response(status, b"", None, headers)
+
+
+def _is_json_success(response: httpx.Response) -> bool:
+    content_type = response.headers.get("Content-Type", "")
+    return response.is_success and content_type.startswith("application/json")
 
 
 def _content_disposition(filename: str) -> str:
@@ -301,14 +384,64 @@ def _iso(moment: dt.datetime) -> str:
 # --- download bodies ----------------------------------------------------------------------
 
 
+@dataclass(eq=False)
+class Stall:
+    """A pause before byte ``at`` of a body: until `release` or ``seconds`` pass (None: until
+    released). Threads wait on ``released``; trio tasks are woken by `release` itself."""
+
+    at: int
+    seconds: float | None
+    released: threading.Event = field(default_factory=threading.Event)
+    _trio_waiters: set[tuple[trio.lowlevel.TrioToken, trio.Event]] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def release(self) -> None:
+        """End the stall, for those waiting and those to come; from any thread."""
+        self.released.set()
+        with self._lock:
+            waiters = list(self._trio_waiters)
+        for token, event in waiters:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(event.set)
+
+    async def wait_released(self, deadline: float) -> bool:
+        """Wait (in trio) until `release` or trio's clock reaches ``deadline``; whether it
+        was released."""
+        waiter = (trio.lowlevel.current_trio_token(), trio.Event())
+        with self._lock:
+            self._trio_waiters.add(waiter)
+        try:
+            with trio.move_on_at(deadline):
+                if not self.released.is_set():  # checked after joining: no release is missed
+                    await waiter[1].wait()
+        finally:
+            with self._lock:
+                self._trio_waiters.discard(waiter)
+        return self.released.is_set()
+
+    def wait_limit(self, read_timeout: float | None) -> tuple[float | None, bool]:
+        """How long a reader with ``read_timeout`` waits (None: for ever), and whether the
+        read timeout, not the stall's end, is what stops the wait."""
+        if read_timeout is not None and (self.seconds is None or read_timeout < self.seconds):
+            return read_timeout, True
+        return self.seconds, False
+
+
+def _never() -> bool:
+    return False
+
+
 class FileBody(httpx.SyncByteStream, httpx.AsyncByteStream):
     """A download body: ``length`` bytes of the file ``path`` from ``offset``.
 
-    Only the first ``limit`` bytes are ever produced (``limit < length`` when the emulator
-    drops the connection mid-body), paced at ``throttle`` bytes per second when set. Read
-    in process it raises ``httpx.RemoteProtocolError`` after a drop, as httpx does on a real
-    connection; the HTTP server sends `segments` with ``sendfile`` instead. The async side
-    runs under trio. ``on_sent`` is told every byte count that goes out.
+    Only the first ``limit`` bytes are ever produced; when that is less than ``length`` the
+    connection then ends as ``ending`` says (`dropped`): ``"close"``, cleanly, or ``"reset"``.
+    With a ``stall``, sending pauses before byte ``stall.at`` and then goes on; bytes are
+    paced at ``throttle`` bytes per second when set. Read in process, a body raises what httpx
+    raises on a real connection: ``RemoteProtocolError`` after a close, ``ReadError`` after a
+    reset, ``ReadTimeout`` when a stall outlasts the request's read timeout. The HTTP server
+    sends `paced` segments with ``sendfile`` instead. The async side runs under trio (a stall
+    waits on trio's clock). ``on_sent`` is told every byte count that goes out.
     """
 
     def __init__(
@@ -321,6 +454,8 @@ class FileBody(httpx.SyncByteStream, httpx.AsyncByteStream):
         throttle: int | None,
         on_sent: Callable[[int], None],
         request: httpx.Request,
+        ending: Ending = "close",
+        stall: Stall | None = None,
     ) -> None:
         self.path = path
         self.offset = offset
@@ -328,24 +463,78 @@ class FileBody(httpx.SyncByteStream, httpx.AsyncByteStream):
         self.limit = min(limit, length)
         self.throttle = throttle
         self.on_sent = on_sent
+        self.ending = ending
+        self.stall = stall if stall is not None and stall.at < self.limit else None
         self._request = request
 
     @property
     def dropped(self) -> bool:
-        """True when the connection is closed before the whole body was sent."""
+        """True when the connection ends before the whole body was sent."""
         return self.limit < self.length
 
     def segments(self) -> Iterator[tuple[int, int, float]]:
         """``(file offset, byte count, seconds after the start it may go out)`` covering the
-        first ``limit`` bytes; small segments when throttled so the pace is smooth."""
+        first ``limit`` bytes; small segments when throttled so the pace is smooth, and a
+        segment boundary where the stall is."""
         step = _SEGMENT if self.throttle is None else max(1, min(_SEGMENT, self.throttle // 10))
+        stall_at = None if self.stall is None else self.stall.at
         done = 0
         while done < self.limit:
-            count = min(step, self.limit - done)
-            yield self.offset + done, count, 0.0 if self.throttle is None else done / self.throttle
-            done += count
+            end = min(done + step, self.limit)
+            if stall_at is not None and done < stall_at < end:
+                end = stall_at
+            due = 0.0 if self.throttle is None else done / self.throttle
+            yield self.offset + done, end - done, due
+            done = end
 
-    def _drop_error(self) -> httpx.RemoteProtocolError:
+    def _stalls_before(self, offset: int) -> bool:
+        return self.stall is not None and offset - self.offset == self.stall.at
+
+    def paced(
+        self, read_timeout: float | None = None, stopping: Callable[[], bool] = _never
+    ) -> Iterator[tuple[int, int]]:
+        """``(file offset, byte count)`` of each segment, each yielded when it may go out:
+        blocks for the throttle and the stall (whose time does not count against the pace).
+        A stall ends early once ``stopping()``; one that outlasts ``read_timeout`` raises
+        ``httpx.ReadTimeout``."""
+        started = time.monotonic()
+        for offset, count, due in self.segments():
+            if self._stalls_before(offset):
+                paused = time.monotonic()
+                self._wait_stall(read_timeout, stopping)
+                started += time.monotonic() - paused
+            time.sleep(max(0.0, started + due - time.monotonic()))
+            yield offset, count
+
+    def _wait_stall(self, read_timeout: float | None, stopping: Callable[[], bool]) -> None:
+        assert self.stall is not None
+        seconds, timed_out = self.stall.wait_limit(read_timeout)
+        deadline = math.inf if seconds is None else time.monotonic() + seconds
+        while not self.stall.released.is_set() and not stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if timed_out:
+                    raise httpx.ReadTimeout("timed out", request=self._request)
+                return
+            self.stall.released.wait(min(_POLL, left))
+
+    async def _wait_stall_async(self, read_timeout: float | None) -> None:
+        assert self.stall is not None
+        seconds, timed_out = self.stall.wait_limit(read_timeout)
+        deadline = math.inf if seconds is None else trio.current_time() + seconds
+        if not await self.stall.wait_released(deadline) and timed_out:
+            raise httpx.ReadTimeout("timed out", request=self._request)
+
+    @property
+    def _read_timeout(self) -> float | None:
+        """The read timeout the client gave the request (httpx's ``timeout`` extension)."""
+        timeouts = self._request.extensions.get("timeout") or {}
+        read = timeouts.get("read")
+        return float(read) if read is not None else None
+
+    def _ending_error(self) -> httpx.TransportError:
+        if self.ending == "reset":
+            return httpx.ReadError("[Errno 104] Connection reset by peer", request=self._request)
         return httpx.RemoteProtocolError(
             "peer closed connection without sending complete message body: "
             f"received {self.limit} bytes, expected {self.length}",
@@ -355,22 +544,24 @@ class FileBody(httpx.SyncByteStream, httpx.AsyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            started = time.monotonic()
-            for offset, count, due in self.segments():
-                time.sleep(max(0.0, started + due - time.monotonic()))
+            for offset, count in self.paced(self._read_timeout):
                 data = os.pread(fd, count, offset)
                 self.on_sent(len(data))
                 yield data
         finally:
             os.close(fd)
         if self.dropped:
-            raise self._drop_error()
+            raise self._ending_error()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         fd = await trio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
         try:
             started = trio.current_time()
             for offset, count, due in self.segments():
+                if self._stalls_before(offset):
+                    paused = trio.current_time()
+                    await self._wait_stall_async(self._read_timeout)
+                    started += trio.current_time() - paused
                 await trio.sleep_until(started + due)
                 data = await trio.to_thread.run_sync(os.pread, fd, count, offset)
                 self.on_sent(len(data))
@@ -378,7 +569,7 @@ class FileBody(httpx.SyncByteStream, httpx.AsyncByteStream):
         finally:
             os.close(fd)
         if self.dropped:
-            raise self._drop_error()
+            raise self._ending_error()
 
 
 BodyKind = Literal["iics", "powercenter", "ddl", "synapse", "bulk"]
@@ -591,13 +782,99 @@ _AWKWARD: Final[tuple[tuple[int, int, str | None, str], ...]] = (
 )
 
 
+_PATTERN_OF: Final = {pattern[0]: pattern for pattern in _PATTERNS}
+_PROJECT_NAMES: Final = dict(_PROJECTS)
+#: A build's message when it ends with a status.
+_END_MESSAGES: Final[Mapping[str, str]] = {
+    "FINISHED": "Build finished successfully",
+    "FAILED": "Build failed",
+    "CANCELED": "Build canceled by user",
+}
+
+
+def _outcome_fields(status: str, end: dt.datetime | None, updated: dt.datetime) -> JSON:
+    """The fields of a build record that follow from its status and times."""
+    done = int(status == "FINISHED")
+    return {
+        "status": status, "build_end": None if end is None else _iso(end),
+        "updated_at": _iso(updated), "history_commited": done, "deliveries_calculated": done,
+        "mts": int(updated.timestamp() * 1000),
+    }  # fmt: skip
+
+
 @dataclass
 class _Dataset:
+    """The server's records; a build's ``downloads`` are the same objects as in
+    ``downloads``, whose bodies ``bodies`` describes."""
+
     projects: list[JSON]
     patterns: list[JSON]
-    builds: list[JSON]
-    downloads: dict[int, JSON]
-    bodies: dict[int, _BodySpec]
+    builds: list[JSON] = field(default_factory=list)
+    downloads: dict[int, JSON] = field(default_factory=dict)
+    bodies: dict[int, _BodySpec] = field(default_factory=dict)
+
+    def add_build(
+        self,
+        ident: int,
+        project_id: int,
+        status: str,
+        start: dt.datetime,
+        seconds: int,
+        pattern_ids: Sequence[int],
+        *,
+        user_id: int = 1,
+        progress: int = 100,
+        message: str = _END_MESSAGES["FINISHED"],
+        releases: Sequence[int] = (31,),
+    ) -> JSON:
+        end = None if status == "BUILDING" else start + dt.timedelta(seconds=seconds)
+        record: JSON = {
+            "id": ident, "customer_id": _CUSTOMER_ID, "user_id": user_id,
+            "project_id": project_id, "progress": progress, "message": message,
+            "build_start": _iso(start), "created_at": _iso(start - dt.timedelta(seconds=2)),
+            **_outcome_fields(status, end, end or start + dt.timedelta(seconds=seconds)),
+            "active": 1, "commit_ind": 0, "deleted": 0, "version": ident - 5100,
+            "instances": 3 * len(pattern_ids), "name": f"{_PROJECT_NAMES[project_id]} #{ident}",
+            "description": f"Build of {', '.join(_PATTERN_OF[p][1] for p in pattern_ids)}",
+            "patterns": list(pattern_ids), "releases": list(releases), "downloads": [],
+        }  # fmt: skip
+        self.builds.append(record)
+        return record
+
+    def add_download(
+        self,
+        record: JSON,
+        ident: int,
+        pattern_id: int,
+        tables: int,
+        *,
+        stem: str | None = None,
+        name: str | Literal[False] | None = False,
+        payload: int = 0,
+        parts: int = 0,
+    ) -> JSON:
+        """Add a download to the build ``record``; ``name=False`` means the usual
+        ``<stem>.zip``. The build's ``downloads`` becomes a new list, so that a reader that
+        holds the old one is not disturbed."""
+        _, pattern, kind, _, _ = _PATTERN_OF[pattern_id]
+        moment = dt.datetime.fromisoformat(record["build_end"] or record["build_start"])
+        stamp = f"{moment:%Y}-{moment.month}-{moment.day}_{moment:%H_%M}"
+        stem = stem or f"{pattern}_{stamp}"
+        body_kind: BodyKind = "bulk" if parts else _KIND_OF_TYPE[kind]
+        entry: JSON = {
+            "id": ident, "customer_id": _CUSTOMER_ID, "pattern_id": pattern_id,
+            "name": f"{stem}.zip" if name is False else name,
+            "file_name": f"/files/results/{record['id']}_{pattern_id}_{kind.lower()}_{stem}.zip",
+            "type": kind, "build_id": record["id"], "project_id": record["project_id"],
+            "version": 1, "upload_id": 1359 + record["id"] - DEMO_BUILD, "file_id": None,
+            "downloaded": 0, "instance_id": None,
+        }  # fmt: skip
+        record["downloads"] = [*record["downloads"], entry]
+        self.downloads[ident] = entry
+        self.bodies[ident] = _BodySpec(
+            body_kind, _PROJECT_NAMES[record["project_id"]], pattern, tables, payload, parts
+        )
+        return entry
 
 
 def _make_dataset(big_file_size: int) -> _Dataset:
@@ -612,71 +889,8 @@ def _make_dataset(big_file_size: int) -> _Dataset:
          "release_group_id": group}
         for ident, name, kind, description, group in _PATTERNS
     ]  # fmt: skip
-    pattern_of = {p[0]: p for p in _PATTERNS}
-    project_names = dict(_PROJECTS)
-    data = _Dataset(projects, patterns, [], {}, {})
-
-    def build(
-        ident: int,
-        project_id: int,
-        status: str,
-        start: dt.datetime,
-        seconds: int,
-        pattern_ids: Sequence[int],
-        *,
-        user_id: int = 1,
-        progress: int = 100,
-        message: str = "Build finished successfully",
-        releases: Sequence[int] = (31,),
-    ) -> JSON:
-        end = None if status == "BUILDING" else start + dt.timedelta(seconds=seconds)
-        updated = end or start + dt.timedelta(seconds=seconds)
-        record: JSON = {
-            "id": ident, "customer_id": _CUSTOMER_ID, "user_id": user_id,
-            "project_id": project_id, "progress": progress, "status": status,
-            "message": message, "build_start": _iso(start),
-            "build_end": None if end is None else _iso(end),
-            "created_at": _iso(start - dt.timedelta(seconds=2)), "updated_at": _iso(updated),
-            "history_commited": int(status == "FINISHED"), "active": 1,
-            "deliveries_calculated": int(status == "FINISHED"), "commit_ind": 0, "deleted": 0,
-            "version": ident - 5100, "mts": int(updated.timestamp() * 1000),
-            "instances": 3 * len(pattern_ids), "name": f"{project_names[project_id]} #{ident}",
-            "description": f"Build of {', '.join(pattern_of[p][1] for p in pattern_ids)}",
-            "patterns": list(pattern_ids), "releases": list(releases), "downloads": [],
-        }  # fmt: skip
-        data.builds.append(record)
-        return record
-
-    def download(
-        record: JSON,
-        ident: int,
-        pattern_id: int,
-        tables: int,
-        *,
-        stem: str | None = None,
-        name: str | Literal[False] | None = False,
-        payload: int = 0,
-        parts: int = 0,
-    ) -> None:
-        """Add a download to ``record``; ``name=False`` means the usual ``<stem>.zip``."""
-        _, pattern, kind, _, _ = pattern_of[pattern_id]
-        moment = dt.datetime.fromisoformat(record["build_end"] or record["build_start"])
-        stamp = f"{moment:%Y}-{moment.month}-{moment.day}_{moment:%H_%M}"
-        stem = stem or f"{pattern}_{stamp}"
-        body_kind: BodyKind = "bulk" if parts else _KIND_OF_TYPE[kind]
-        entry: JSON = {
-            "id": ident, "customer_id": _CUSTOMER_ID, "pattern_id": pattern_id,
-            "name": f"{stem}.zip" if name is False else name,
-            "file_name": f"/files/results/{record['id']}_{pattern_id}_{kind.lower()}_{stem}.zip",
-            "type": kind, "build_id": record["id"], "project_id": record["project_id"],
-            "version": 1, "upload_id": 1359 + record["id"] - DEMO_BUILD, "file_id": None,
-            "downloaded": 0, "instance_id": None,
-        }  # fmt: skip
-        record["downloads"].append(entry)
-        data.downloads[ident] = entry
-        data.bodies[ident] = _BodySpec(
-            body_kind, project_names[record["project_id"]], pattern, tables, payload, parts
-        )
+    data = _Dataset(projects, patterns)
+    build, download = data.add_build, data.add_download
 
     day = dt.datetime(2026, 4, 2, 10, 12, 5, tzinfo=dt.UTC)
     demo = build(DEMO_BUILD, 402, "FINISHED", day, 146, (808, 810, 811, 812))
@@ -713,7 +927,7 @@ def _make_dataset(big_file_size: int) -> _Dataset:
     download(failed, 5459, 811, 3)
 
     build(CANCELED_BUILD, 402, "CANCELED", day + dt.timedelta(days=2, hours=2), 12, (808,),
-          progress=10, message="Build canceled by user")  # fmt: skip
+          progress=10, message=_END_MESSAGES["CANCELED"])  # fmt: skip
 
     forbidden = build(FORBIDDEN_BUILD, 405, "FINISHED", day + dt.timedelta(days=3), 80,
                       (811, 812), releases=(32,))  # fmt: skip
@@ -767,17 +981,53 @@ def _default_data_dir(seed: int, big_file_size: int) -> Path:
     return Path(cache) / "mkwfs-emulator" / f"{seed}-{big_file_size}"
 
 
+@dataclass
+class _Failure:
+    """Queued by `Emulator.fail_next`: the next ``remaining`` requests of ``endpoints``
+    (None: any) are answered with ``status`` and a ``body`` of that kind."""
+
+    endpoints: frozenset[str] | None
+    status: int
+    body: FailureBody
+    remaining: int
+
+
+def response_delay(response: httpx.Response) -> float:
+    """Seconds a transport waits before sending ``response``'s status line, as
+    `Emulator.handle` decided (latency and jitter); 0 for any other response."""
+    delay = response.extensions.get(_DELAY_KEY, 0.0)
+    return float(delay)
+
+
+class _MockTransport(httpx.MockTransport):
+    """`Emulator.handle` without a network: waits out each response's delay (on trio's clock
+    for an ``AsyncClient``) and lets the httpx errors of a refused connection and of bodies
+    through, as a real connection would raise them."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        time.sleep(response_delay(response))
+        return response
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        await trio.sleep(response_delay(response))
+        return response
+
+
 class Emulator:
-    """The MetaKraftwerk API in process; thread-safe, for `serve_in_thread`'s server threads.
+    """The MetaKraftwerk API in process; thread-safe, for `EmulatorServer`'s threads.
 
     ``builds``, ``downloads``, ``projects`` and ``patterns`` are the server's data (a build's
-    ``downloads`` are the same objects as in ``downloads``). ``requests`` counts every request
-    by endpoint key (see `ENDPOINTS`; other paths count as ``"<METHOD> <path>"``), including
-    failed and injected ones; ``bytes_sent`` counts download body bytes that went out.
+    ``downloads`` are the same objects as in ``downloads``); change them with the methods
+    below while a server runs. ``requests`` counts every request by endpoint key (see
+    `ENDPOINTS`; other paths count as ``"<METHOD> <path>"``), including failed and injected
+    ones but not refused connections; ``bytes_sent`` counts download body bytes that went out.
     """
 
     def __init__(self, config: EmulatorConfig = _DEFAULT_CONFIG) -> None:
-        self.config = config
+        self._config = config
+        self._big_file_size = config.big_file_size
         dataset = _make_dataset(config.big_file_size)
         self.builds: list[JSON] = dataset.builds
         self.downloads: dict[int, JSON] = dataset.downloads
@@ -785,43 +1035,99 @@ class Emulator:
         self.patterns: list[JSON] = dataset.patterns
         self.requests: Counter[str] = Counter()
         self.bytes_sent = 0
-        self._bodies = dataset.bodies
+        self._data = dataset
         self._seed = config.seed
         self._data_dir = config.data_dir or _default_data_dir(config.seed, config.big_file_size)
         self._secret = secrets.token_bytes(32)
-        #: Guards requests, bytes_sent, downloaded counts, _failures and _body_locks.
+        #: Guards the counters, the data, _failures, _rng, _token_expiry, _removed,
+        #: _next_download_id and _body_locks.
         self._lock = threading.Lock()
-        self._failures: dict[str, deque[tuple[int, FailureBody]]] = {}
-        self._body_locks: dict[int, threading.Lock] = {}
-        self._sizes: dict[int, int] = {}
+        self._failures: list[_Failure] = []
+        self._rng = random.Random(config.seed)
+        #: jti -> time.time() when the server stops accepting that token.
+        self._token_expiry: dict[str, float] = {}
+        #: Builds taken away by remove_build, for restore_build.
+        self._removed: dict[int, JSON] = {}
+        self._next_download_id = _ADDED_DOWNLOADS
+        self._stalls: weakref.WeakSet[Stall] = weakref.WeakSet()
+        self._servers: weakref.WeakSet[EmulatorServer] = weakref.WeakSet()
+        self._body_locks: dict[Path, threading.Lock] = {}
+        self._sizes: dict[Path, int] = {}
+
+    @property
+    def config(self) -> EmulatorConfig:
+        """How the server behaves; assign a new one at any time (``dataclasses.replace``).
+        A change of ``down`` stops or restarts every `EmulatorServer` of this emulator before
+        the assignment returns."""
+        return self._config
+
+    @config.setter
+    def config(self, config: EmulatorConfig) -> None:
+        self._config = config
+        for server in list(self._servers):
+            server._follow_emulator()
 
     # -- test controls --
 
     def issue_token(self, lifetime: float | None = None) -> str:
-        """A JWT as the server issues at login, valid for ``lifetime`` seconds (default
-        ``config.token_lifetime``; negative gives an already expired token)."""
-        now = int(time.time())
+        """A new JWT as the server issues at login (each with its own ``jti``), valid for
+        ``lifetime`` seconds from now (default ``config.token_lifetime``; negative gives an
+        already expired token)."""
+        moment = time.time()
+        now = int(moment)
         seconds = self.config.token_lifetime if lifetime is None else lifetime
+        jti = str(uuid.uuid4())
         header = {"alg": "HS256", "typ": "access"}
-        claims = {"iat": now, "exp": now + math.ceil(seconds), "sub": "1"}
+        claims = {"iat": now, "exp": now + math.ceil(seconds), "sub": "1", "jti": jti}
         signing_input = ".".join(
             _b64encode(json.dumps(part, separators=(",", ":")).encode())
             for part in (header, claims)
         )
+        with self._lock:
+            if len(self._token_expiry) >= _TOKEN_RECORDS:  # only the expired ones go
+                self._token_expiry = {k: v for k, v in self._token_expiry.items() if v > moment}
+            self._token_expiry[jti] = moment + seconds
         return f"{signing_input}.{_b64encode(self._sign(signing_input))}"
 
     def fail_next(
-        self, endpoint: str, status: int, count: int = 1, body: FailureBody = "json"
+        self,
+        endpoint: str | Iterable[str],
+        status: int,
+        count: int = 1,
+        body: FailureBody = "json",
     ) -> None:
-        """Answer the next ``count`` requests of ``endpoint`` (a key of `ENDPOINTS`) with
-        ``status`` and a Feathers JSON error, an nginx-style HTML page or an empty body;
-        429s carry ``Retry-After: 1``. Calls queue up behind each other."""
-        if endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint key {endpoint!r}; one of {sorted(ENDPOINTS)}")
-        if body not in ("json", "html", "empty"):
+        """Answer the next ``count`` requests of ``endpoint`` with ``status`` instead of the
+        real answer. ``endpoint`` is a key of `ENDPOINTS`, several keys (whose requests share
+        the ``count``), or `ANY_ENDPOINT` for every request. ``body`` is a Feathers JSON
+        error, an nginx-style HTML page, an empty body, or a Feathers error cut in half
+        ("malformed"); 429s carry ``Retry-After: config.retry_after``. Calls queue up behind
+        each other: a request meets the oldest queued failure that matches it."""
+        keys = {endpoint} if isinstance(endpoint, str) else set(endpoint)
+        unknown = keys - ENDPOINTS - {ANY_ENDPOINT}
+        if unknown or not keys:
+            raise ValueError(
+                f"unknown endpoint key {sorted(unknown)!r}; one of {sorted(ENDPOINTS)} "
+                f"or {ANY_ENDPOINT!r}"
+            )
+        if body not in ("json", "html", "empty", "malformed"):
             raise ValueError(f"unknown failure body {body!r}")
+        endpoints = None if ANY_ENDPOINT in keys else frozenset(keys)
+        if count > 0:
+            with self._lock:
+                self._failures.append(_Failure(endpoints, status, body, count))
+
+    def clear_failures(self) -> None:
+        """Forget the failures `fail_next` queued and release every stalled body."""
         with self._lock:
-            self._failures.setdefault(endpoint, deque()).extend([(status, body)] * count)
+            self._failures.clear()
+        self.release_stalls()
+
+    def release_stalls(self) -> None:
+        """Let every body stalled by ``config.stall_after`` go on (later ones stall again)."""
+        with self._lock:
+            stalls = list(self._stalls)
+        for stall in stalls:
+            stall.release()
 
     def reset_counters(self) -> None:
         """Zero ``requests``, ``bytes_sent`` and every download's ``downloaded``."""
@@ -830,6 +1136,78 @@ class Emulator:
             self.bytes_sent = 0
             for entry in self.downloads.values():
                 entry["downloaded"] = 0
+
+    def add_download(
+        self, build_id: int, name: str | None, size: int = 0, *, pattern_id: int | None = None
+    ) -> int:
+        """Add a download named ``name`` to build ``build_id`` (KeyError if the build is not
+        there) and return its new id (never one used before). It is listed from now on;
+        its body is a ZIP of ``size`` random bytes in one stored member (of a few KB of DDL
+        when 0), made on first use. ``pattern_id`` defaults to the build's first pattern."""
+        with self._lock:
+            record = self._build(build_id)
+            pattern = record["patterns"][0] if pattern_id is None else pattern_id
+            ident = self._next_download_id
+            self._next_download_id += 1
+            self._data.add_download(
+                record, ident, pattern, 3, stem=f"ADDED_{ident}", name=name,
+                payload=size, parts=1 if size else 0,
+            )  # fmt: skip
+        return ident
+
+    def remove_download(self, download_id: int) -> None:
+        """Take the download away (KeyError if it is not there): no longer listed, and its
+        GET and HEAD answer 404."""
+        with self._lock:
+            entry = self.downloads.pop(download_id)
+            record = self._build(entry["build_id"])
+            record["downloads"] = [d for d in record["downloads"] if d is not entry]
+
+    def remove_build(self, build_id: int) -> None:
+        """Take the build away with its downloads (KeyError if it is not there): not listed,
+        ``GET /builds/:id`` and its downloads' GET and HEAD answer 404, its downloads list
+        answers as ``config.missing_build_list`` says. `restore_build` brings it back."""
+        with self._lock:
+            record = self._build(build_id)
+            self.builds[:] = [b for b in self.builds if b is not record]
+            for entry in record["downloads"]:
+                del self.downloads[entry["id"]]
+            self._removed[build_id] = record
+
+    def restore_build(self, build_id: int) -> None:
+        """Bring back a build that `remove_build` took away, as it was (KeyError if none)."""
+        with self._lock:
+            record = self._removed.pop(build_id)
+            position = sum(1 for b in self.builds if b["id"] < build_id)
+            self.builds.insert(position, record)
+            self.downloads.update((entry["id"], entry) for entry in record["downloads"])
+
+    def finish_build(self, build_id: int, status: str = "FINISHED") -> None:
+        """End the build (KeyError if it is not there) with ``status``: ``build_end`` and
+        ``updated_at`` now (at least a second after its start), the flags and message that go
+        with the status, and progress 100 when FINISHED."""
+        if status not in _END_MESSAGES:
+            raise ValueError(f"a build ends {sorted(_END_MESSAGES)}, not {status!r}")
+        with self._lock:
+            record = self._build(build_id)
+            start = dt.datetime.fromisoformat(record["build_start"])
+            end = max(dt.datetime.now(dt.UTC), start + dt.timedelta(seconds=1))
+            record.update(_outcome_fields(status, end, end), message=_END_MESSAGES[status])
+            if status == "FINISHED":
+                record["progress"] = 100
+
+    def reset_data(self) -> None:
+        """Builds and downloads as they were when the emulator was made: undoes
+        `add_download`, `remove_download`, `remove_build` and `finish_build`, and zeroes the
+        ``downloaded`` counts. Ids that `add_download` gave are not given again."""
+        fresh = _make_dataset(self._big_file_size)
+        with self._lock:
+            self.builds[:] = fresh.builds
+            self.downloads.clear()
+            self.downloads.update(fresh.downloads)
+            self._data.bodies.clear()
+            self._data.bodies.update(fresh.bodies)
+            self._removed.clear()
 
     def downloads_of(self, build_id: int) -> list[JSON]:
         """The download objects ``GET /api/v1/downloads?build_id=`` returns, as copies."""
@@ -840,17 +1218,18 @@ class Emulator:
         """The file holding the download's body, generated on first use (KeyError for an
         unknown id). Generation happens once however many threads ask at the same time,
         writes a temporary file and renames it, and is skipped when the file exists."""
-        spec = self._bodies[download_id]
+        with self._lock:
+            spec = self._data.bodies[download_id]
         # The name changes with anything that changes the bytes, so a stale file is never used.
         version = hashlib.sha256(f"{_BODY_FORMAT} {spec!r}".encode()).hexdigest()[:12]
         path = self._data_dir / f"{download_id}-seed{self._seed}-{version}.zip"
         with self._lock:
-            body_lock = self._body_locks.setdefault(download_id, threading.Lock())
+            body_lock = self._body_locks.setdefault(path, threading.Lock())
         with body_lock:
-            if download_id not in self._sizes:
+            if path not in self._sizes:
                 if not path.exists():
                     self._generate(path, spec, random.Random(self._seed + download_id))
-                self._sizes[download_id] = path.stat().st_size
+                self._sizes[path] = path.stat().st_size
         return path
 
     def body_sha256(self, download_id: int) -> str:
@@ -858,27 +1237,62 @@ class Emulator:
             return hashlib.file_digest(file, "sha256").hexdigest()
 
     def mock_transport(self) -> httpx.MockTransport:
-        """An httpx transport answering with `handle`, without a network. Requests run on
-        the caller's thread (including a body's generation on first use); download bodies
+        """An httpx transport answering with `handle`, without a network: it waits each
+        response's `response_delay` (with ``trio.sleep`` for an ``AsyncClient``) and raises
+        ``ConnectError`` while ``config.down``; bodies raise as `FileBody` says. Requests run
+        on the caller's thread (including a body's generation on first use); download bodies
         are read through trio threads by an ``AsyncClient``."""
-        return httpx.MockTransport(self.handle)
+        return _MockTransport(self.handle)
 
     # -- the API --
 
     def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one request as the server would. A download body is a `FileBody`."""
+        """Answer one request as the server would. A download body is a `FileBody`; the
+        delay before the answer is `response_delay` of it. While ``config.down`` no server
+        answers: raises ``httpx.ConnectError`` and counts nothing."""
+        config = self.config
+        if config.down:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
         method = request.method.upper()
         route = _route(method, request.url.path)
         with self._lock:
             self.requests[route.key] += 1
-            pending = self._failures.get(route.key)
-            injected = pending.popleft() if pending else None
+            injected = self._next_failure(route.key, config)
+            delay = config.latency + (self._rng.uniform(0, config.jitter) if config.jitter else 0)
         if injected is not None:
-            return _injected_response(*injected)
-        response = self._dispatch(method, route, request)
-        if method == "HEAD":
-            return httpx.Response(response.status_code, headers=response.headers)
+            response = _injected_response(*injected, config.retry_after)
+        else:
+            response = self._dispatch(method, route, request)
+            if method == "HEAD":
+                response = httpx.Response(response.status_code, headers=response.headers)
+            elif (
+                config.malformed_json
+                and route.resource in _RESOURCES
+                and _is_json_success(response)
+            ):
+                response = _cut_json(response)
+        response.extensions[_DELAY_KEY] = delay
         return response
+
+    def _next_failure(self, key: str, config: EmulatorConfig) -> tuple[int, FailureBody] | None:
+        """The failure to answer a request of endpoint ``key`` with: the oldest queued one
+        that matches, else one drawn with ``config.fail_rate``. Call with the lock held."""
+        for failure in self._failures:
+            if failure.endpoints is None or key in failure.endpoints:
+                failure.remaining -= 1
+                if not failure.remaining:
+                    self._failures.remove(failure)
+                return failure.status, failure.body
+        if config.fail_rate and self._rng.random() < config.fail_rate:
+            return self._rng.choice(config.fail_statuses), self._rng.choice(config.fail_bodies)
+        return None
+
+    def _build(self, build_id: int) -> JSON:
+        """The build record with id ``build_id`` (KeyError if none). Call with the lock held."""
+        for record in self.builds:
+            if record["id"] == build_id:
+                return record
+        raise KeyError(build_id)
 
     def _dispatch(self, method: str, route: _Route, request: httpx.Request) -> httpx.Response:
         if route.resource is None:
@@ -903,10 +1317,23 @@ class Emulator:
         if route.ident is not None:
             return self._get(route.resource, route.ident)
         try:
+            missing = self._missing_build(route.resource, request.url.params)
+            if missing is not None:
+                return _error_response(404, f"No record found for id '{missing}'")
             items = self._find(route.resource, request.url.params)
             return self._page(items, request.url.params)
         except _BadQuery as exc:
             return _error_response(400, str(exc))
+
+    def _missing_build(self, resource: str, params: httpx.QueryParams) -> int | None:
+        """The ``build_id`` of a downloads list to answer with 404: one of no build, when
+        ``config.missing_build_list`` says so."""
+        if resource != "downloads" or self.config.missing_build_list != "404":
+            return None
+        build_id = _int_param(params, "build_id")
+        if build_id is None or self._record("builds", str(build_id)) is not None:
+            return None
+        return build_id
 
     def _login(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -967,24 +1394,31 @@ class Emulator:
         expires = claims.get("exp")
         if not isinstance(expires, int | float):
             return _error_response(401, "invalid exp value")
+        with self._lock:  # the exact expiry of a token issued here; exp is whole seconds
+            expires = self._token_expiry.get(str(claims.get("jti")), expires)
         if time.time() >= expires:
             expired_at = _iso(dt.datetime.fromtimestamp(expires, dt.UTC))
             data = {"name": "TokenExpiredError", "message": "jwt expired", "expiredAt": expired_at}
             return _error_response(401, "jwt expired", data=data)
         return None
 
-    def _records(self, resource: str) -> Sequence[JSON]:
-        if resource == "downloads":
-            return list(self.downloads.values())
-        return {"builds": self.builds, "projects": self.projects, "patterns": self.patterns}[
-            resource
-        ]
+    def _records(self, resource: str) -> list[JSON]:
+        """A snapshot of the records of ``resource``."""
+        with self._lock:
+            if resource == "downloads":
+                return list(self.downloads.values())
+            return list(
+                {"builds": self.builds, "projects": self.projects, "patterns": self.patterns}[
+                    resource
+                ]
+            )
 
     def _record(self, resource: str, ident: str) -> JSON | None:
         if not ident.isdigit():
             return None
         if resource == "downloads":
-            return self.downloads.get(int(ident))
+            with self._lock:
+                return self.downloads.get(int(ident))
         return next((r for r in self._records(resource) if r["id"] == int(ident)), None)
 
     def _get(self, resource: str, ident: str) -> httpx.Response:
@@ -1060,17 +1494,18 @@ class Emulator:
         return _json_response(200, page)
 
     def _download(self, request: httpx.Request, ident: str) -> httpx.Response:
-        """GET or HEAD of a body: 403 in FORBIDDEN_BUILD, Range per ``config.ranges``,
-        Content-Length or chunked per ``config.content_length``; a GET counts as a download."""
+        """GET or HEAD of a body: 403 in FORBIDDEN_BUILD and for ``config.forbidden_downloads``,
+        Range per ``config.ranges``, Content-Length or chunked per ``config.content_length``,
+        cut and stalled per ``config``; a GET counts as a download."""
         entry = self._record("downloads", ident)
         if entry is None:
             return _error_response(404, f"No record found for id '{ident}'")
-        if entry["build_id"] == FORBIDDEN_BUILD:
-            return _error_response(403, "You don't have permissions to download build results!")
         config = self.config
         download_id = entry["id"]
+        if entry["build_id"] == FORBIDDEN_BUILD or download_id in config.forbidden_downloads:
+            return _error_response(403, "You don't have permissions to download build results!")
         path = self.body_path(download_id)
-        size = self._sizes[download_id]
+        size = self._sizes[path]
         status, offset, length = 200, 0, size
         filename = entry["name"] or entry["file_name"] or f"{download_id}.zip"
         headers = {
@@ -1095,16 +1530,26 @@ class Emulator:
             return httpx.Response(status, headers=headers)
         with self._lock:
             entry["downloaded"] += 1
+        cuts: list[tuple[int, Ending]] = [(length, "close")]
+        if config.drop_after is not None:
+            cuts.append((config.drop_after, "close"))
+        if config.reset_after is not None:
+            cuts.append((config.reset_after, "reset"))
+        limit, ending = min(cuts)
         body = FileBody(
-            path,
-            offset,
-            length,
-            limit=length if config.drop_after is None else config.drop_after,
-            throttle=config.throttle,
-            on_sent=self._count_sent,
-            request=request,
-        )
+            path, offset, length, limit=limit, ending=ending, throttle=config.throttle,
+            stall=self._stall(config), on_sent=self._count_sent, request=request,
+        )  # fmt: skip
         return httpx.Response(status, headers=headers, stream=body)
+
+    def _stall(self, config: EmulatorConfig) -> Stall | None:
+        """A new stall per ``config.stall_after``, which `release_stalls` can release."""
+        if config.stall_after is None:
+            return None
+        stall = Stall(config.stall_after, config.stall_seconds)
+        with self._lock:
+            self._stalls.add(stall)
+        return stall
 
     def _count_sent(self, count: int) -> None:
         with self._lock:
@@ -1124,14 +1569,28 @@ class Emulator:
 # --- the HTTP server ----------------------------------------------------------------------
 
 
+def _unacknowledged(connection: socket.socket) -> int:
+    """Bytes sent on ``connection`` that its peer has not acknowledged yet (Linux' SIOCOUTQ;
+    0 where that cannot be asked)."""
+    try:
+        raw = fcntl.ioctl(connection.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, AttributeError):
+        return 0
+    return int(struct.unpack("i", raw)[0])
+
+
 class _HTTPServer(ThreadingHTTPServer):
     """Serves an `Emulator` and remembers its connections, so that stopping it really
-    disconnects keep-alive clients."""
+    disconnects keep-alive clients (and ends their stalls: see ``stopping``)."""
 
     daemon_threads = True
+    # socketserver's default backlog of 5 drops the SYNs of a burst of new connections
+    # (16 concurrent size probes, 8 parallel readers): each then waits a 1 s retransmit.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
         self.emulator = emulator
+        self.stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _RequestHandler)
@@ -1155,6 +1614,7 @@ class _HTTPServer(ThreadingHTTPServer):
                 self._connections.discard(connection)
 
     def close_connections(self) -> None:
+        self.stopping.set()
         with self._connections_lock:
             connections = list(self._connections)
         for connection in connections:
@@ -1163,7 +1623,8 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
-    """Turns each HTTP request into `Emulator.handle` and writes its response back."""
+    """Turns each HTTP request into `Emulator.handle` and writes its response back, after
+    its `response_delay`, ending the connection as a cut `FileBody` says."""
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
@@ -1197,33 +1658,35 @@ class _RequestHandler(BaseHTTPRequestHandler):
         )
         try:
             response = self.server.emulator.handle(request)
+        except httpx.TransportError:  # the server went down while the request was in flight
+            self.close_connection = True
+            return
         except Exception:
             _log.exception("emulator failed on %s %s", self.command, self.path)
             response = _error_response(500, "Internal emulator error")
-        self.send_response(response.status_code)
-        for name, value in response.headers.multi_items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command == "HEAD":
-            return
         try:
+            time.sleep(response_delay(response))
+            self.send_response(response.status_code)
+            for name, value in response.headers.multi_items():
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command == "HEAD":
+                return
             if isinstance(response.stream, FileBody):
                 chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
                 self._send_file(response.stream, chunked)
             else:
                 self.wfile.write(response.read())
-        except ConnectionError:  # the client went away mid-body
+        except ConnectionError:  # the client went away, or the server was stopped
             self.close_connection = True
 
     do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
 
     def _send_file(self, body: FileBody, chunked: bool) -> None:
-        """Send ``body`` with sendfile, paced and chunk-framed as asked; after a drop, close
-        the connection so the client sees a short body."""
+        """Send ``body`` with sendfile, paced, stalled and chunk-framed as asked; after a cut,
+        close or reset the connection so the client sees a short body."""
         with body.path.open("rb") as file:
-            started = time.monotonic()
-            for offset, count, due in body.segments():
-                time.sleep(max(0.0, started + due - time.monotonic()))
+            for offset, count in body.paced(stopping=self.server.stopping.is_set):
                 if chunked:
                     self.wfile.write(b"%X\r\n" % count)
                 body.on_sent(self.connection.sendfile(file, offset, count))
@@ -1231,28 +1694,119 @@ class _RequestHandler(BaseHTTPRequestHandler):
                     self.wfile.write(b"\r\n")
         if body.dropped:
             self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
+            if body.ending == "reset":
+                self._reset()
+            else:
+                self.connection.shutdown(socket.SHUT_RDWR)
         elif chunked:
             self.wfile.write(b"0\r\n\r\n")
+
+    def _reset(self) -> None:
+        """Abort the connection with a RST (SO_LINGER 0), once the client has acknowledged
+        what was sent (bounded), so that it can read those bytes before the reset."""
+        deadline = time.monotonic() + _DRAIN_TIMEOUT
+        while _unacknowledged(self.connection) and time.monotonic() < deadline:
+            time.sleep(_POLL / 2)
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # close() would wait for rfile and wfile; the detached socket object stays harmless.
+        os.close(self.connection.detach())
+
+
+class EmulatorServer:
+    """Serves an `Emulator` over real HTTP/1.1 (keep-alive) on ``host:port`` from daemon
+    threads, as a server that can go down and come back.
+
+    It listens while it is started and ``emulator.config.down`` is false. `stop` closes the
+    listening socket and cuts every open connection (clients then get ECONNREFUSED), `start`
+    listens again on the same port (port 0 picks a free one at the first start; `url` keeps
+    it). A context manager: `start` on entry, `close` on exit. Thread-safe."""
+
+    def __init__(self, emulator: Emulator, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.emulator = emulator
+        self.host = host
+        self.port = port
+        self._started = False
+        self._server: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The base URL ``http://HOST:PORT``; its port is known after the first `start`."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        """Listen on the port (again); returns once connections are accepted, or at once
+        while the emulator is down (then it listens when the emulator comes up). OSError
+        when the port is taken."""
+        with self._lock:
+            self._started = True
+            self.emulator._servers.add(self)
+            if self.port == 0:  # pick the port now, so that url is right even while down
+                self._listen()
+            self._follow_locked()
+
+    def stop(self) -> None:
+        """Stop listening and cut every open connection; returns once new connections are
+        refused. Idempotent."""
+        with self._lock:
+            self._started = False
+            self._follow_locked()
+
+    def close(self) -> None:
+        """`stop`, for good: the emulator's ``down`` no longer restarts it."""
+        self.stop()
+        self.emulator._servers.discard(self)
+
+    def __enter__(self) -> EmulatorServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _follow_emulator(self) -> None:
+        """Listen or not, as the emulator's ``config.down`` now says (see `Emulator.config`)."""
+        with self._lock:
+            self._follow_locked()
+
+    def _follow_locked(self) -> None:
+        wanted = self._started and not self.emulator.config.down
+        if wanted and self._server is None:
+            self._listen()
+        elif not wanted and self._server is not None:
+            self._shut()
+
+    def _listen(self) -> None:
+        server = _HTTPServer((self.host, self.port), self.emulator)
+        self.host, self.port = server.server_name, server.server_port
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+            name=f"mkwfs-emulator-{self.port}",
+        )  # fmt: skip
+        self._thread.start()
+        self._server = server
+
+    def _shut(self) -> None:
+        assert self._server is not None and self._thread is not None
+        self._server.shutdown()
+        self._server.server_close()
+        self._server.close_connections()
+        self._thread.join()
+        self._server = self._thread = None
 
 
 @contextlib.contextmanager
 def serve_in_thread(emulator: Emulator, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve ``emulator`` over real HTTP/1.1 (keep-alive) from daemon threads; yield the base
-    URL ``http://HOST:PORT``. On exit the server stops and open connections are cut."""
-    server = _HTTPServer((host, port), emulator)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
-        name=f"mkwfs-emulator-{server.server_port}",
-    )  # fmt: skip
-    thread.start()
-    try:
-        yield f"http://{server.server_name}:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        server.close_connections()
-        thread.join()
+    URL ``http://HOST:PORT``. On exit the server stops and open connections are cut. An
+    `EmulatorServer` used as a context manager, for code that needs only the URL."""
+    with EmulatorServer(emulator, host, port) as server:
+        yield server.url
 
 
 # --- python -m mkwfs.emulator -------------------------------------------------------------
@@ -1275,6 +1829,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="send download bodies chunked")  # fmt: skip
     parser.add_argument("--page-size", type=int, metavar="N", help="paginate lists")
     parser.add_argument("--throttle", type=int, metavar="BPS", help="bytes per second")
+    faults = parser.add_argument_group("faults")
+    faults.add_argument("--token-lifetime", type=float, default=defaults.token_lifetime,
+                        metavar="SECONDS", help="how long a login's token is valid")  # fmt: skip
+    faults.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                        help="delay before every response")  # fmt: skip
+    faults.add_argument("--jitter", type=float, default=0.0, metavar="SECONDS",
+                        help="plus a random delay of up to this (seeded)")  # fmt: skip
+    faults.add_argument("--fail-rate", type=float, default=0.0, metavar="P",
+                        help="answer this share of requests with 500/502/503/504 "
+                        "(JSON, HTML or empty bodies)")  # fmt: skip
+    faults.add_argument(
+        "--drop-after",
+        type=int,
+        metavar="BYTES",
+        help="close each download's connection after this many body bytes",
+    )
+    faults.add_argument(
+        "--reset-after",
+        type=int,
+        metavar="BYTES",
+        help="reset each download's connection after this many body bytes",
+    )
+    faults.add_argument(
+        "--stall-after",
+        type=int,
+        metavar="BYTES",
+        help="stop sending each download's body after this many bytes",
+    )
+    faults.add_argument("--stall-seconds", type=float, metavar="SECONDS",
+                        help="for this long (default: until the server stops)")  # fmt: skip
+    faults.add_argument("--malformed-json", action="store_true",
+                        help="cut the JSON of list and get answers in half")  # fmt: skip
     args = parser.parse_args(argv)
     config = EmulatorConfig(
         seed=args.seed,
@@ -1284,6 +1870,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ranges=not args.no_ranges,
         content_length=not args.no_content_length,
         throttle=args.throttle,
+        token_lifetime=args.token_lifetime,
+        latency=args.latency,
+        jitter=args.jitter,
+        fail_rate=args.fail_rate,
+        drop_after=args.drop_after,
+        reset_after=args.reset_after,
+        stall_after=args.stall_after,
+        stall_seconds=args.stall_seconds,
+        malformed_json=args.malformed_json,
     )
     emulator = Emulator(config)
     stop_signals = {signal.SIGINT, signal.SIGTERM}

@@ -13,8 +13,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -23,9 +25,12 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
+import trio.testing
 
 from mkwfs import emulator as emulator_module
 from mkwfs.emulator import (
+    ANY_ENDPOINT,
     AWKWARD_BUILD,
     BIG_BUILD,
     BIG_ZIP,
@@ -40,6 +45,9 @@ from mkwfs.emulator import (
     MEDIUM_FILE_SIZE,
     Emulator,
     EmulatorConfig,
+    EmulatorServer,
+    FailureBody,
+    response_delay,
     serve_in_thread,
 )
 from mkwfs.models import parse_build, parse_download, parse_timestamp
@@ -676,7 +684,8 @@ def test_stopping_the_server_cuts_keep_alive_connections(emulator: Emulator) -> 
 
 def test_command_line(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "mkwfs.emulator", "--port", "0", "--big-file-size", "1024",
-               "--page-size", "5", "--no-head"]  # fmt: skip
+               "--page-size", "5", "--no-head", "--latency", "0.01", "--jitter", "0.01",
+               "--reset-after", "100", "--token-lifetime", "60"]  # fmt: skip
     environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environment) as process:
         try:
@@ -686,9 +695,444 @@ def test_command_line(tmp_path: Path) -> None:
             with httpx.Client(base_url=lines["MKWFS_API_URL"], headers=headers, timeout=5) as http:
                 assert http.get("/api/v1/builds").json()["limit"] == 5
                 assert http.head(f"/api/v1/downloads/{DEMO_ZIP}").status_code == 405
+                with pytest.raises(httpx.ReadError):
+                    http.get(f"/api/v1/downloads/{DEMO_ZIP}")
+            assert jwt_part(lines["MKWFS_TOKEN"], 1)["exp"] - time.time() <= 61
             assert lines["MKWFS_EMAIL"] == "demo@metakraftwerk.example"
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=5) == 0
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+# --- faults: latency, failures ------------------------------------------------------------
+
+
+def test_latency_delays_every_response(client: httpx.Client, emulator: Emulator) -> None:
+    emulator.config = dataclasses.replace(emulator.config, latency=0.15)
+    for request in (client.build_request("GET", "/api/v1/builds"),
+                    client.build_request("GET", "/api/v1/nothing")):  # fmt: skip
+        started = time.monotonic()
+        client.send(request)
+        assert 0.15 <= time.monotonic() - started < 1.0
+
+
+def test_jitter_is_seeded(config: EmulatorConfig) -> None:
+    def delays(seed: int) -> list[float]:
+        emulator = Emulator(dataclasses.replace(config, seed=seed, latency=1.0, jitter=0.5))
+        request = httpx.Request("GET", "http://e/api/v1/projects")
+        return [response_delay(emulator.handle(request)) for _ in range(20)]
+
+    first = delays(1)
+    assert all(1.0 <= delay <= 1.5 for delay in first)
+    assert len(set(first)) == 20
+    assert delays(1) == first
+    assert delays(2) != first
+
+
+async def test_latency_sleeps_on_trios_clock(
+    emulator: Emulator, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An AsyncClient on the mock transport waits with trio.sleep: an hour passes at once."""
+    emulator.config = dataclasses.replace(emulator.config, latency=3600.0)
+    headers = {"Authorization": f"Bearer {emulator.issue_token()}"}
+    async with httpx.AsyncClient(transport=emulator.mock_transport(), base_url="http://e",
+                                 headers=headers) as http:  # fmt: skip
+        started = trio.current_time()
+        assert (await http.get("/api/v1/projects")).status_code == 200
+    assert trio.current_time() - started == pytest.approx(3600.0)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+@pytest.mark.parametrize("body", ["json", "html", "empty", "malformed"])
+def test_failure_bursts(client: httpx.Client, emulator: Emulator, status: int,
+                        body: FailureBody) -> None:  # fmt: skip
+    emulator.fail_next("GET /api/v1/downloads", status, count=3, body=body)
+    for _ in range(3):
+        response = client.get("/api/v1/downloads", params={"build_id": DEMO_BUILD})
+        assert response.status_code == status
+        assert response.headers["Content-Length"] == str(len(response.content))
+        if body == "json":
+            assert response.json()["code"] == status
+        elif body == "malformed":
+            assert response.headers["Content-Type"].startswith("application/json")
+            with pytest.raises(ValueError):
+                response.json()
+        else:
+            assert bool(response.content) == (body == "html")
+    assert client.get("/api/v1/downloads", params={"build_id": DEMO_BUILD}).status_code == 200
+
+
+def test_fail_next_for_several_or_any_endpoint(client: httpx.Client, emulator: Emulator) -> None:
+    emulator.fail_next(["GET /api/v1/builds", "GET /api/v1/projects"], 503, count=2)
+    assert client.get("/api/v1/patterns").status_code == 200
+    assert client.get("/api/v1/projects").status_code == 503
+    assert client.get("/api/v1/builds").status_code == 503  # the two share the count
+    assert client.get("/api/v1/builds").status_code == 200
+    emulator.fail_next(ANY_ENDPOINT, 502, count=3)
+    emulator.fail_next("GET /api/v1/builds", 500)  # queued behind the burst for any endpoint
+    statuses = [client.get(path).status_code for path in
+                ("/api/v1/patterns", "/api/v2/nothing", f"/api/v1/downloads/{SMALL_ZIP}",
+                 "/api/v1/projects", "/api/v1/builds", "/api/v1/builds")]  # fmt: skip
+    assert statuses == [502, 502, 502, 200, 500, 200]
+    emulator.fail_next(ANY_ENDPOINT, 500, count=5)
+    emulator.clear_failures()
+    assert client.get("/api/v1/builds").status_code == 200
+    with pytest.raises(ValueError, match="unknown endpoint"):
+        emulator.fail_next(["GET /api/v1/builds", "GET /nope"], 500)
+    with pytest.raises(ValueError, match="unknown failure body"):
+        emulator.fail_next(ANY_ENDPOINT, 500, body="xml")  # type: ignore[arg-type]
+
+
+def test_retry_after_is_configurable(client: httpx.Client, emulator: Emulator) -> None:
+    emulator.config = dataclasses.replace(emulator.config, retry_after=7)
+    emulator.fail_next(ANY_ENDPOINT, 429, count=2, body="html")
+    assert client.get("/api/v1/builds").headers["Retry-After"] == "7"
+    emulator.config = dataclasses.replace(emulator.config,
+                                          retry_after="Wed, 21 Oct 2026 07:28:00 GMT")  # fmt: skip
+    assert client.get("/api/v1/builds").headers["Retry-After"] == "Wed, 21 Oct 2026 07:28:00 GMT"
+    emulator.fail_next(ANY_ENDPOINT, 503)
+    assert "Retry-After" not in client.get("/api/v1/builds").headers
+
+
+def test_fail_rate_is_seeded(config: EmulatorConfig) -> None:
+    def statuses(seed: int) -> list[int]:
+        emulator = Emulator(dataclasses.replace(config, seed=seed, fail_rate=0.3))
+        request = httpx.Request(
+            "GET",
+            "http://e/api/v1/projects",
+            headers={"Authorization": f"Bearer {emulator.issue_token()}"},
+        )
+        return [emulator.handle(request).status_code for _ in range(200)]
+
+    first = statuses(3)
+    assert set(first) == {200, 500, 502, 503, 504}
+    assert 30 < sum(status != 200 for status in first) < 90
+    assert statuses(3) == first
+    assert statuses(4) != first
+
+
+def test_malformed_json(client: httpx.Client, emulator: Emulator) -> None:
+    emulator.config = dataclasses.replace(emulator.config, malformed_json=True)
+    for path in (
+        "/api/v1/builds",
+        f"/api/v1/builds/{DEMO_BUILD}",
+        "/api/v1/downloads",
+        f"/api/v1/downloads?build_id={CANCELED_BUILD}",
+        "/api/v1/projects/402",
+    ):
+        response = client.get(path)
+        assert response.status_code == 200
+        assert response.headers["Content-Length"] == str(len(response.content))
+        with pytest.raises(ValueError):
+            response.json()
+    assert client.get("/api/v1/builds/999").json()["code"] == 404  # errors stay whole
+    whole = client.get(f"/api/v1/downloads/{SMALL_ZIP}")
+    assert whole.content == emulator.body_path(SMALL_ZIP).read_bytes()
+
+
+# --- faults: tokens, permissions, changing data ------------------------------------------
+
+
+def test_logins_issue_fresh_tokens(emulator: Emulator) -> None:
+    tokens = {emulator.issue_token() for _ in range(3)}
+    assert len(tokens) == 3
+    assert len({jwt_part(token, 1)["jti"] for token in tokens}) == 3
+
+
+def test_token_expires_over_real_http_until_login(emulator: Emulator,
+                                                  config: EmulatorConfig) -> None:  # fmt: skip
+    emulator.config = dataclasses.replace(emulator.config, token_lifetime=0.4)
+    credentials = {"strategy": "local", "email": config.email, "password": config.password}
+    with serve_in_thread(emulator) as url, httpx.Client(base_url=url, timeout=5) as http:
+
+        def login() -> str:
+            response = http.post("/authentication", json=credentials)
+            assert response.status_code == 201
+            token: str = response.json()["accessToken"]
+            return token
+
+        first = login()
+        started = time.monotonic()
+        auth = {"Authorization": f"Bearer {first}"}
+        assert http.get("/api/v1/builds", headers=auth).status_code == 200
+        time.sleep(max(0.0, started + 0.45 - time.monotonic()))
+        for _ in range(2):
+            expired = http.get("/api/v1/builds", headers=auth)
+            assert expired.status_code == 401
+            assert expired.json()["message"] == "jwt expired"
+        second = login()
+        assert second != first
+        auth = {"Authorization": f"Bearer {second}"}
+        assert http.get("/api/v1/builds", headers=auth).status_code == 200
+
+
+def test_forbidden_downloads(client: httpx.Client, emulator: Emulator) -> None:
+    emulator.config = dataclasses.replace(emulator.config, forbidden_downloads=frozenset({5443}))
+    for method in ("GET", "HEAD"):
+        assert client.request(method, "/api/v1/downloads/5443").status_code == 403
+        assert client.request(method, f"/api/v1/downloads/{SMALL_ZIP}").status_code == 200
+    assert client.get("/api/v1/downloads/5443").json()["name"] == "Forbidden"
+    assert emulator.downloads[5443]["downloaded"] == 0
+    assert len(client.get("/api/v1/downloads", params={"build_id": DEMO_BUILD}).json()) == 4
+
+
+@pytest.mark.parametrize("missing_build_list", ["empty", "404"])
+def test_a_build_disappears_and_comes_back(client: httpx.Client, emulator: Emulator,
+                                           missing_build_list: Any) -> None:  # fmt: skip
+    emulator.config = dataclasses.replace(emulator.config, missing_build_list=missing_build_list)
+    listed = client.get("/api/v1/downloads", params={"build_id": DEMO_BUILD}).json()
+    emulator.remove_build(DEMO_BUILD)
+    assert DEMO_BUILD not in [b["id"] for b in client.get("/api/v1/builds").json()]
+    assert client.get(f"/api/v1/builds/{DEMO_BUILD}").status_code == 404
+    for method in ("GET", "HEAD"):
+        assert client.request(method, f"/api/v1/downloads/{DEMO_ZIP}").status_code == 404
+    downloads = client.get("/api/v1/downloads", params={"build_id": DEMO_BUILD})
+    if missing_build_list == "404":
+        assert downloads.status_code == 404
+        assert downloads.json()["message"] == f"No record found for id '{DEMO_BUILD}'"
+    else:
+        assert downloads.json() == []
+    assert client.get("/api/v1/downloads", params={"build_id": 999}).status_code == (
+        404 if missing_build_list == "404" else 200)  # fmt: skip
+    assert client.get("/api/v1/downloads", params={"build_id": LARGE_BUILD}).status_code == 200
+    with pytest.raises(KeyError):
+        emulator.remove_build(DEMO_BUILD)
+    emulator.restore_build(DEMO_BUILD)
+    assert client.get("/api/v1/builds").json()[0]["id"] == DEMO_BUILD
+    assert client.get("/api/v1/downloads", params={"build_id": DEMO_BUILD}).json() == listed
+    assert client.get(f"/api/v1/downloads/{DEMO_ZIP}").status_code == 200
+
+
+def test_a_building_build_gains_files_and_finishes(client: httpx.Client,
+                                                   emulator: Emulator) -> None:  # fmt: skip
+    def listing() -> list[dict[str, Any]]:
+        response = client.get("/api/v1/downloads", params={"build_id": BUILDING_BUILD})
+        files: list[dict[str, Any]] = response.json()
+        return files
+
+    assert [d["id"] for d in listing()] == [5457, 5458]
+    added = emulator.add_download(BUILDING_BUILD, "STAGE_PC.zip", 100_000, pattern_id=810)
+    small = emulator.add_download(BUILDING_BUILD, None)
+    assert added >= 7000 and small == added + 1
+    files = listing()
+    assert [d["id"] for d in files] == [5457, 5458, added, small]
+    assert (files[2]["name"], files[2]["type"], files[2]["pattern_id"]) == (
+        "STAGE_PC.zip", "PowerCenter", 810)  # fmt: skip
+    assert files[3]["name"] is None and parse_download(files[3]).build_id == BUILDING_BUILD
+    build = client.get(f"/api/v1/builds/{BUILDING_BUILD}").json()
+    assert [d["id"] for d in build["downloads"]] == [5457, 5458, added, small]
+    body = client.get(f"/api/v1/downloads/{added}").content
+    assert 100_000 < len(body) < 100_000 + 16_384  # and a few KB of DDL
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        assert archive.testzip() is None
+    assert body == emulator.body_path(added).read_bytes()
+    emulator.remove_download(5457)
+    assert [d["id"] for d in listing()] == [5458, added, small]
+    assert client.get("/api/v1/downloads/5457").status_code == 404
+
+    emulator.finish_build(BUILDING_BUILD)
+    build = client.get(f"/api/v1/builds/{BUILDING_BUILD}").json()
+    assert (build["status"], build["progress"], build["history_commited"]) == ("FINISHED", 100, 1)
+    end = parse_timestamp(build["build_end"])
+    assert end is not None and end == parse_timestamp(build["updated_at"])
+    assert abs(end - time.time()) < 5
+    assert parse_build(build).id == BUILDING_BUILD
+    with pytest.raises(ValueError):
+        emulator.finish_build(BUILDING_BUILD, "BUILDING")
+
+    emulator.reset_data()
+    assert [d["id"] for d in listing()] == [5457, 5458]
+    assert client.get(f"/api/v1/builds/{BUILDING_BUILD}").json()["status"] == "BUILDING"
+    assert client.get(f"/api/v1/downloads/{added}").status_code == 404
+    assert emulator.add_download(BUILDING_BUILD, "again.zip") == small + 1
+
+
+# --- faults: connections ------------------------------------------------------------------
+
+
+def test_down_in_process_is_connect_error(client: httpx.Client, emulator: Emulator) -> None:
+    emulator.config = dataclasses.replace(emulator.config, down=True)
+    with pytest.raises(httpx.ConnectError):
+        client.get("/api/v1/builds")
+    assert emulator.requests == {}
+    emulator.config = dataclasses.replace(emulator.config, down=False)
+    assert client.get("/api/v1/builds").status_code == 200
+
+
+def test_server_stops_and_starts_on_the_same_port(emulator: Emulator) -> None:
+    headers = {"Authorization": f"Bearer {emulator.issue_token()}"}
+    with EmulatorServer(emulator) as server, httpx.Client(
+        base_url=server.url, headers=headers, timeout=2
+    ) as http:  # fmt: skip
+        url = server.url
+        assert http.get("/api/v1/projects").status_code == 200  # a keep-alive connection
+        server.stop()
+        server.stop()
+        assert not server.listening
+        with pytest.raises(httpx.ConnectError):
+            http.get("/api/v1/projects")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=2)
+        server.start()
+        assert server.url == url
+        assert http.get("/api/v1/projects").status_code == 200
+    with pytest.raises(httpx.ConnectError), httpx.Client(timeout=2) as http:
+        http.get(f"{url}/api/v1/projects")
+
+
+def test_config_down_stops_every_server(emulator: Emulator) -> None:
+    """``down`` acts on servers made with serve_in_thread too, and comes back on its own."""
+    headers = {"Authorization": f"Bearer {emulator.issue_token()}"}
+    with serve_in_thread(emulator) as url, httpx.Client(base_url=url, headers=headers,
+                                                        timeout=2) as http:  # fmt: skip
+        assert http.get("/api/v1/projects").status_code == 200
+        emulator.config = dataclasses.replace(emulator.config, down=True)
+        with pytest.raises(httpx.ConnectError):
+            http.get("/api/v1/projects")
+        emulator.config = dataclasses.replace(emulator.config, down=False)
+        assert http.get("/api/v1/projects").status_code == 200
+
+
+def test_a_server_started_while_down_listens_when_up(emulator: Emulator) -> None:
+    emulator.config = dataclasses.replace(emulator.config, down=True)
+    with EmulatorServer(emulator) as server, httpx.Client(timeout=2) as http:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", server.url)
+        assert not server.listening
+        with pytest.raises(httpx.ConnectError):
+            http.get(f"{server.url}/api/v1/projects")
+        emulator.config = dataclasses.replace(emulator.config, down=False)
+        assert http.get(f"{server.url}/api/v1/projects").status_code == 401
+
+
+def read_until_error(http: httpx.Client, path: str) -> tuple[int, int, Exception | None]:
+    """(Content-Length or -1, body bytes received, the error that ended the body or None)."""
+    received = 0
+    with http.stream("GET", path) as response:
+        try:
+            for chunk in response.iter_raw():
+                received += len(chunk)
+        except httpx.TransportError as exc:
+            return int(response.headers.get("Content-Length", -1)), received, exc
+    return int(response.headers.get("Content-Length", -1)), received, None
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [("drop_after", httpx.RemoteProtocolError), ("reset_after", httpx.ReadError)],
+)
+@pytest.mark.parametrize("content_length", [True, False])
+def test_real_http_cut_bodies(emulator: Emulator, fault: str, error: type[Exception],
+                              content_length: bool) -> None:  # fmt: skip
+    """A clean close gives a short body (RemoteProtocolError); a reset gives ReadError."""
+    cut: dict[str, Any] = {fault: 100_000}
+    emulator.config = dataclasses.replace(emulator.config, content_length=content_length, **cut)
+    headers = {"Authorization": f"Bearer {emulator.issue_token()}"}
+    with serve_in_thread(emulator) as url, httpx.Client(base_url=url, headers=headers,
+                                                        timeout=5) as http:  # fmt: skip
+        for _ in range(2):
+            length, received, exc = read_until_error(http, f"/api/v1/downloads/{BIG_ZIP}")
+            assert type(exc) is error
+            assert received == 100_000
+            assert length == (emulator.body_path(BIG_ZIP).stat().st_size if content_length
+                              else -1)  # fmt: skip
+        assert http.get("/api/v1/builds").status_code == 200  # a new connection works
+
+
+def test_in_process_reset(client: httpx.Client, emulator: Emulator) -> None:
+    emulator.config = dataclasses.replace(emulator.config, reset_after=1000, drop_after=2000)
+    _, received, exc = read_until_error(client, f"/api/v1/downloads/{DEMO_ZIP}")
+    assert (type(exc), received) == (httpx.ReadError, 1000)
+    emulator.config = dataclasses.replace(emulator.config, reset_after=1000, drop_after=1000)
+    _, received, exc = read_until_error(client, f"/api/v1/downloads/{DEMO_ZIP}")
+    assert (type(exc), received) == (httpx.RemoteProtocolError, 1000)  # a tie closes cleanly
+
+
+def test_real_http_stall_until_the_read_timeout(emulator: Emulator) -> None:
+    emulator.config = dataclasses.replace(emulator.config, stall_after=10_000)
+    headers = {"Authorization": f"Bearer {emulator.issue_token()}"}
+    timeout = httpx.Timeout(5, read=0.3)
+    with serve_in_thread(emulator) as url, httpx.Client(base_url=url, headers=headers,
+                                                        timeout=timeout) as http:  # fmt: skip
+        started = time.monotonic()
+        _, received, exc = read_until_error(http, f"/api/v1/downloads/{DEMO_ZIP}")
+        assert (type(exc), received) == (httpx.ReadTimeout, 10_000)
+        assert 0.3 <= time.monotonic() - started < 2
+        emulator.release_stalls()
+        assert http.get("/api/v1/builds").status_code == 200
+
+
+def test_real_http_stall_released_or_over(emulator: Emulator) -> None:
+    """A stall ends when released or after stall_seconds; the whole body then follows."""
+    emulator.config = dataclasses.replace(emulator.config, stall_after=0)
+    headers = {"Authorization": f"Bearer {emulator.issue_token()}"}
+    expected = emulator.body_sha256(DEMO_ZIP)
+    with serve_in_thread(emulator) as url, httpx.Client(base_url=url, headers=headers,
+                                                        timeout=5) as http:  # fmt: skip
+        started = time.monotonic()
+        releaser = threading.Timer(0.2, emulator.release_stalls)
+        releaser.start()
+        response = http.get(f"/api/v1/downloads/{DEMO_ZIP}")
+        releaser.join()
+        assert 0.2 <= time.monotonic() - started < 2
+        assert hashlib.sha256(response.content).hexdigest() == expected
+        emulator.config = dataclasses.replace(emulator.config, stall_after=1000,
+                                              stall_seconds=0.2)  # fmt: skip
+        started = time.monotonic()
+        response = http.get(f"/api/v1/downloads/{DEMO_ZIP}")
+        assert 0.2 <= time.monotonic() - started < 2
+        assert hashlib.sha256(response.content).hexdigest() == expected
+
+
+def test_stopping_the_server_ends_a_stall(emulator: Emulator) -> None:
+    emulator.config = dataclasses.replace(emulator.config, stall_after=1000)
+    headers = {"Authorization": f"Bearer {emulator.issue_token()}"}
+    with httpx.Client(headers=headers, timeout=5) as http:
+        with EmulatorServer(emulator) as server:
+            stopper = threading.Timer(0.2, server.stop)
+            stopper.start()
+            started = time.monotonic()
+            path = f"{server.url}/api/v1/downloads/{DEMO_ZIP}"
+            _, received, exc = read_until_error(http, path)
+            stopper.join()
+        assert isinstance(exc, httpx.TransportError)
+        assert received == 1000
+        assert time.monotonic() - started < 2
+
+
+def test_in_process_stall(client: httpx.Client, emulator: Emulator) -> None:
+    """The mock transport stalls too, and honours the client's read timeout."""
+    path = f"/api/v1/downloads/{DEMO_ZIP}"
+    emulator.config = dataclasses.replace(emulator.config, stall_after=1000, stall_seconds=0.1)
+    started = time.monotonic()
+    assert client.get(path).content == emulator.body_path(DEMO_ZIP).read_bytes()
+    assert 0.1 <= time.monotonic() - started < 1
+    emulator.config = dataclasses.replace(emulator.config, stall_seconds=None)
+    client.timeout = httpx.Timeout(5, read=0.2)
+    started = time.monotonic()
+    _, received, exc = read_until_error(client, path)
+    assert (type(exc), received) == (httpx.ReadTimeout, 1000)
+    assert 0.2 <= time.monotonic() - started < 1
+    releaser = threading.Timer(0.1, emulator.release_stalls)
+    releaser.start()
+    client.timeout = httpx.Timeout(5)
+    assert client.get(path).content == emulator.body_path(DEMO_ZIP).read_bytes()
+    releaser.join()
+
+
+async def test_in_process_stall_on_trios_clock(
+    emulator: Emulator, autojump_clock: trio.testing.MockClock
+) -> None:
+    emulator.config = dataclasses.replace(emulator.config, stall_after=1000, stall_seconds=3600)
+    headers = {"Authorization": f"Bearer {emulator.issue_token()}"}
+    path = f"/api/v1/downloads/{DEMO_ZIP}"
+    async with httpx.AsyncClient(transport=emulator.mock_transport(), base_url="http://e",
+                                 headers=headers, timeout=None) as http:  # fmt: skip
+        started = trio.current_time()
+        assert (await http.get(path)).content == emulator.body_path(DEMO_ZIP).read_bytes()
+        assert trio.current_time() - started == pytest.approx(3600, abs=0.1)
+        started = trio.current_time()
+        with pytest.raises(httpx.ReadTimeout):
+            await http.get(path, timeout=60)
+        assert trio.current_time() - started == pytest.approx(60, abs=0.1)

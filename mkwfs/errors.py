@@ -17,9 +17,12 @@
     │       ├── RateLimited         429 (.retry_after seconds, or None)
     │       └── ServerError         5xx and any other unexpected status
     ├── ContentError                the local content cache failed (disk full, I/O)
+    ├── ArchiveError                a download is not a readable ZIP (corrupt, unsupported)
     ├── NoSuchEntry                 no such name or inode in the tree             ENOENT
     ├── NotADirectory               a path goes through a file                    ENOTDIR
-    └── IsADirectory                a file operation on a directory               EISDIR
+    ├── IsADirectory                a file operation on a directory               EISDIR
+    ├── NotASymlink                 readlink of something that is not a link      EINVAL
+    └── NoSuchAttribute             no such extended attribute                    ENODATA
 
 Every layer catches what the layer below raises and re-raises one of these with
 ``raise ... from exc``; the FUSE edge (``fs.py``) turns ``.errno`` into ``FUSEError``.
@@ -45,6 +48,15 @@ class ContentError(MkwfsError):
     """The local content cache could not store or read a download."""
 
 
+class ArchiveError(MkwfsError):
+    """A download cannot be shown unpacked: not a ZIP, corrupt, or a member mkwfs cannot
+    decompress (encrypted, unsupported method). ``download_id`` names the archive."""
+
+    def __init__(self, message: str, *, download_id: int) -> None:
+        super().__init__(message)
+        self.download_id = download_id
+
+
 class NoSuchEntry(MkwfsError):
     """The tree has no such name, or the kernel asked about an inode it had forgotten."""
 
@@ -57,6 +69,16 @@ class NotADirectory(MkwfsError):
 
 class IsADirectory(MkwfsError):
     errno = _errno.EISDIR
+
+
+class NotASymlink(MkwfsError):
+    errno = _errno.EINVAL
+
+
+class NoSuchAttribute(MkwfsError):
+    """The node has no extended attribute of that name (the API left the field out)."""
+
+    errno = _errno.ENODATA
 
 
 class ApiError(MkwfsError):

@@ -34,7 +34,7 @@ from pyfuse3 import (
 from typing_extensions import override
 
 from mkwfs.errors import MkwfsError
-from mkwfs.tree import ROOT_INODE, Attributes, Tree
+from mkwfs.tree import ROOT_INODE, Attributes, Kind, OpenFile, Tree
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,13 @@ assert ROOT_INODE == pyfuse3.ROOT_INODE
 _NS = 1_000_000_000
 #: Preferred I/O size reported in st_blksize: large reads from cp and friends.
 _BLOCK_SIZE = 128 * 1024
+#: Answers that are part of normal use (``ls`` asks for ACL xattrs no file has): no warning.
+_ROUTINE_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENODATA})
+_MODES = {
+    Kind.DIR: stat.S_IFDIR | 0o555,
+    Kind.FILE: stat.S_IFREG | 0o444,
+    Kind.SYMLINK: stat.S_IFLNK | 0o777,
+}
 
 
 @contextmanager
@@ -53,7 +60,7 @@ def _fuse_errors(operation: str, tree: Tree, ino: int) -> Iterator[None]:
     except pyfuse3.FUSEError:
         raise
     except MkwfsError as exc:
-        level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.ENOTDIR) else logging.WARNING
+        level = logging.DEBUG if exc.errno in _ROUTINE_ERRNOS else logging.WARNING
         log.log(level, "%s %s: %s", operation, tree.describe(ino), exc)
         raise pyfuse3.FUSEError(exc.errno) from exc
     except Exception:
@@ -81,7 +88,13 @@ class MkwfsOperations(pyfuse3.Operations):
         self._uid = os.getuid() if uid is None else uid
         self._gid = os.getgid() if gid is None else gid
         self._open_dirs: dict[int, _OpenDir] = {}
-        self._next_dir_handle = 1
+        self._open_files: dict[int, OpenFile] = {}
+        self._next_handle = 1
+
+    def _new_handle(self) -> FileHandleT:
+        handle = self._next_handle
+        self._next_handle += 1
+        return FileHandleT(handle)
 
     def _entry(self, attrs: Attributes) -> EntryAttributes:
         entry = EntryAttributes()
@@ -89,7 +102,7 @@ class MkwfsOperations(pyfuse3.Operations):
         entry.generation = 0
         entry.entry_timeout = attrs.entry_timeout
         entry.attr_timeout = attrs.attr_timeout
-        entry.st_mode = (stat.S_IFDIR | 0o555) if attrs.is_dir else (stat.S_IFREG | 0o444)
+        entry.st_mode = _MODES[attrs.kind]
         entry.st_nlink = attrs.nlink
         entry.st_uid = self._uid
         entry.st_gid = self._gid
@@ -127,10 +140,9 @@ class MkwfsOperations(pyfuse3.Operations):
         with _fuse_errors("opendir", self._tree, inode):
             if not self._tree.is_dir(inode):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
-            handle = self._next_dir_handle
-            self._next_dir_handle += 1
+            handle = self._new_handle()
             self._open_dirs[handle] = _OpenDir(inode)
-            return FileHandleT(handle)
+            return handle
 
     @override
     async def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> None:
@@ -155,24 +167,40 @@ class MkwfsOperations(pyfuse3.Operations):
         self._open_dirs.pop(fh, None)
 
     @override
+    async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
+        with _fuse_errors("readlink", self._tree, inode):
+            return FileNameT(await self._tree.readlink(inode))
+
+    @override
     async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
-        """Nothing is fetched here: only ``read`` downloads. The bytes of a download never
-        change, so the kernel may keep its page cache across opens (``keep_cache``)."""
+        """Nothing is downloaded here, only in ``read``. A file whose bytes never change
+        keeps the kernel's page cache across opens (``keep_cache``); a generated one
+        (``.build.json``) is read from this handle's snapshot, past any size the kernel
+        cached (``direct_io``)."""
         with _fuse_errors("open", self._tree, inode):
             if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
                 _read_only()
-            self._tree.download_id(inode)
-            return FileInfo(fh=FileHandleT(inode), keep_cache=True)
+            opened = await self._tree.open(inode)
+            handle = self._new_handle()
+            self._open_files[handle] = opened
+            return FileInfo(
+                fh=handle, keep_cache=opened.keep_cache, direct_io=opened.snapshot is not None
+            )
 
     @override
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         """Returns exactly ``size`` bytes except at the end of the file (no short reads)."""
-        with _fuse_errors("read", self._tree, fh):
-            return await self._tree.read(fh, off, size)
+        opened = self._open_files.get(fh)
+        if opened is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if opened.snapshot is not None:
+            return opened.snapshot[off : off + size]
+        with _fuse_errors("read", self._tree, opened.ino):
+            return await self._tree.read(opened.ino, off, size)
 
     @override
     async def release(self, fh: FileHandleT) -> None:
-        pass
+        self._open_files.pop(fh, None)
 
     @override
     async def statfs(self, ctx: RequestContext) -> StatvfsData:
@@ -187,11 +215,14 @@ class MkwfsOperations(pyfuse3.Operations):
 
     @override
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        """A missing attribute is ENODATA (pyfuse3's ENOATTR)."""
+        with _fuse_errors("getxattr", self._tree, inode):
+            return await self._tree.getxattr(inode, name)
 
     @override
     async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[XAttrNameT]:
-        return []
+        with _fuse_errors("listxattr", self._tree, inode):
+            return [XAttrNameT(name) for name in await self._tree.xattrs(inode)]
 
     # -- everything that would write: EROFS -----------------------------------------------
 

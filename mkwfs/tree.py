@@ -1,24 +1,47 @@
-"""The file tree, without FUSE: resolve names, list directories, stat, read.
+"""The file tree, without FUSE: resolve names, list directories, stat, read, links, xattrs.
 
 ::
 
-    /                       ROOT_INODE
-    └── builds/             BUILDS_INODE            one directory per build (GET /builds)
-        └── <build id>/     BUILD_BASE + build id   its downloads (GET /downloads?build_id=)
-            └── <name>      FILE_BASE + download id the body, fetched lazily on read
+    /                               ROOT_INODE
+    ├── builds/                     BUILDS_INODE       one directory per build (GET /builds)
+    │   └── <build id>/             BUILD_BASE         its downloads (GET /downloads?build_id=)
+    │       ├── .build.json         BUILD_JSON_BASE    the build object (GET /builds/:id)
+    │       └── <name>              FILE_BASE          the body, fetched lazily on read
+    ├── projects/                   PROJECTS_INODE     one directory per project
+    │   └── <project name>/         PROJECT_BASE       GET /builds?project_id=
+    │       ├── <build id>          BUILD_LINK_BASE    -> ../../builds/<build id>
+    │       └── latest              PROJECT_LATEST_BASE -> <newest FINISHED build id>
+    ├── patterns/                   PATTERNS_INODE     the same by pattern (GET /builds?pattern_id=)
+    │   └── <pattern name>/         PATTERN_BASE       (links as above, PATTERN_LATEST_BASE)
+    └── unpacked/                   UNPACKED_INODE     one directory per build
+        └── <build id>/             UNPACKED_BUILD_BASE
+            └── <name>/             ARCHIVE_BASE       the ZIP's members (its central directory)
+                └── ...             MEMBER_BASE..      directories and files of the archive
 
-Inode numbers derive from the API's ids, so they are stable across listings and remounts
-and never reused for something else (tools such as rsync, tar and find rely on that).
+Inode numbers: a kind in the bits from 40 up, the API's id below (``BUILD_BASE + build id``),
+so they are stable across listings and remounts and never reused for something else (tools
+such as rsync, tar and find rely on that). A build's link has one inode wherever it appears
+(its target is the same). ZIP members have no id of their own: the first time an archive is
+indexed it gets a block of numbers from a counter that only grows, and a member's inode is
+the block's start plus its position in the index, so it is stable for the life of the mount
+and never recycled.
 
-Directory listings are cached for ``dir_ttl`` seconds; a name missing from a cached listing
-is answered ``NoSuchEntry`` without a request. Attributes carry their own timeouts for the
-kernel: a file whose size is not known yet is reported with size 0 and an attribute timeout
-of 0, so the kernel asks ``getattr`` (which probes the true size) before it uses the size
-for ``stat`` or ``read``. A plain directory listing thus never costs a size probe.
+Caching: the list of builds, projects and patterns for ``dir_ttl`` seconds; the files of a
+FINISHED, FAILED or CANCELED build (which can no longer change) for ``final_ttl``; those of a
+BUILDING build, its ``.build.json`` and attributes, and a project's or pattern's builds while
+one of them is running, for ``live_ttl``. A name missing from a cached listing is answered
+``NoSuchEntry`` without a request, and so is every name desktops probe for (``.hidden``,
+``desktop.ini``, ...; see ``names.is_probe_name``) unless it is in an archive whose index is
+already read. Attributes carry their own timeouts for the kernel: a download whose size is
+not known yet is reported with size 0 and an attribute timeout of 0, so the kernel asks
+``getattr`` (which probes the true size) before it uses the size for ``stat`` or ``read``. A
+plain directory listing thus never costs a size probe, and browsing never a body.
 """
 
 from __future__ import annotations
 
+import enum
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,29 +49,57 @@ from dataclasses import dataclass
 
 import trio
 
+from mkwfs import views, zipview
 from mkwfs.api import ApiClient
 from mkwfs.cache import AsyncTTLCache
 from mkwfs.content import ContentStore
-from mkwfs.errors import IsADirectory, NoSuchEntry, NotADirectory
+from mkwfs.errors import IsADirectory, NoSuchAttribute, NoSuchEntry, NotADirectory, NotASymlink
 from mkwfs.models import Build, Download
-from mkwfs.names import file_names
+from mkwfs.names import file_names, is_probe_name
 
 ROOT_INODE = 1
 BUILDS_INODE = 2
-BUILD_BASE = 1 << 40
-FILE_BASE = 2 << 40
-_ID_LIMIT = 1 << 40
+PROJECTS_INODE = 3
+PATTERNS_INODE = 4
+UNPACKED_INODE = 5
+_KIND_SHIFT = 40
+_ID_LIMIT = 1 << _KIND_SHIFT
+BUILD_BASE = 1 << _KIND_SHIFT
+FILE_BASE = 2 << _KIND_SHIFT
+BUILD_JSON_BASE = 3 << _KIND_SHIFT
+PROJECT_BASE = 4 << _KIND_SHIFT
+PATTERN_BASE = 5 << _KIND_SHIFT
+BUILD_LINK_BASE = 6 << _KIND_SHIFT
+PROJECT_LATEST_BASE = 7 << _KIND_SHIFT
+PATTERN_LATEST_BASE = 8 << _KIND_SHIFT
+UNPACKED_BUILD_BASE = 9 << _KIND_SHIFT
+ARCHIVE_BASE = 10 << _KIND_SHIFT
+#: Member inodes count up from here, a block per archive (see the module docstring).
+MEMBER_BASE = 16 << _KIND_SHIFT
 
 BUILDS_NAME = b"builds"
+PROJECTS_NAME = b"projects"
+PATTERNS_NAME = b"patterns"
+UNPACKED_NAME = b"unpacked"
+BUILD_JSON_NAME = b".build.json"
+LATEST_NAME = b"latest"
 
 #: Seconds between two size probes in one build that make it look like a directory scan.
 _SCAN_WINDOW = 2.0
+#: Archive indexes kept in memory (a re-read costs only disk reads: the tail is cached).
+_INDEXES = 64
+
+
+class Kind(enum.Enum):
+    DIR = "dir"
+    FILE = "file"
+    SYMLINK = "symlink"
 
 
 @dataclass(frozen=True)
 class Attributes:
     ino: int
-    is_dir: bool
+    kind: Kind
     size: int
     mtime: float
     nlink: int
@@ -56,6 +107,23 @@ class Attributes:
     attr_timeout: float
     #: Seconds the kernel may keep the name -> inode mapping.
     entry_timeout: float
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind is Kind.DIR
+
+
+@dataclass(frozen=True)
+class OpenFile:
+    """How to serve an opened file. ``snapshot`` is set for generated files whose bytes may
+    change (``.build.json``): the handle reads these bytes, not the size the kernel knows."""
+
+    ino: int
+    keep_cache: bool
+    snapshot: bytes | None = None
+
+
+# -- nodes ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -66,6 +134,17 @@ class _Root:
 @dataclass(frozen=True)
 class _Builds:
     ino: int = BUILDS_INODE
+
+
+@dataclass(frozen=True)
+class _Unpacked:
+    ino: int = UNPACKED_INODE
+
+
+@dataclass(frozen=True)
+class _Groups:
+    ino: int
+    kind: views.GroupKind
 
 
 @dataclass(frozen=True)
@@ -82,7 +161,74 @@ class _File:
     name: bytes
 
 
-_Node = _Root | _Builds | _BuildDir | _File
+@dataclass(frozen=True)
+class _BuildJson:
+    ino: int
+    build: Build
+
+
+@dataclass(frozen=True)
+class _Group:
+    ino: int
+    group: views.Group
+
+
+@dataclass(frozen=True)
+class _BuildLink:
+    ino: int
+    build: Build
+
+
+@dataclass(frozen=True)
+class _Latest:
+    ino: int
+    group: views.Group
+
+
+@dataclass(frozen=True)
+class _UnpackedBuild:
+    ino: int
+    build: Build
+
+
+@dataclass(frozen=True)
+class _Archive:
+    ino: int
+    download: Download
+    build: Build
+    name: bytes
+
+
+@dataclass(frozen=True)
+class _Member:
+    ino: int
+    archive: _Archive
+    entry: zipview.Entry
+
+
+_Node = (
+    _Root | _Builds | _Unpacked | _Groups | _BuildDir | _File | _BuildJson | _Group
+    | _BuildLink | _Latest | _UnpackedBuild | _Archive | _Member
+)  # fmt: skip
+_FIXED: dict[int, _Node] = {
+    ROOT_INODE: _Root(),
+    BUILDS_INODE: _Builds(),
+    PROJECTS_INODE: _Groups(PROJECTS_INODE, "project"),
+    PATTERNS_INODE: _Groups(PATTERNS_INODE, "pattern"),
+    UNPACKED_INODE: _Unpacked(),
+}
+_TOP_NAMES: dict[bytes, int] = {
+    BUILDS_NAME: BUILDS_INODE,
+    PATTERNS_NAME: PATTERNS_INODE,
+    PROJECTS_NAME: PROJECTS_INODE,
+    UNPACKED_NAME: UNPACKED_INODE,
+}
+_GROUP_BASE: dict[views.GroupKind, int] = {"project": PROJECT_BASE, "pattern": PATTERN_BASE}
+_LATEST_BASE: dict[views.GroupKind, int] = {
+    "project": PROJECT_LATEST_BASE,
+    "pattern": PATTERN_LATEST_BASE,
+}
+_GROUPS_PATH: dict[views.GroupKind, str] = {"project": "/projects", "pattern": "/patterns"}
 
 #: A build's files: unique name -> download, in download id order.
 Listing = dict[bytes, Download]
@@ -97,7 +243,10 @@ def file_inode(download_id: int) -> int:
 
 
 class Tree:
-    """What the mount shows, in terms of inodes and names. Raises only ``MkwfsError``."""
+    """What the mount shows, in terms of inodes and names. Raises only ``MkwfsError``.
+
+    ``final_ttl`` defaults to a day, ``live_ttl`` to ``min(dir_ttl, 5)`` seconds.
+    """
 
     def __init__(
         self,
@@ -106,17 +255,39 @@ class Tree:
         *,
         dir_ttl: float = 60.0,
         attr_ttl: float = 60.0,
+        final_ttl: float = 86400.0,
+        live_ttl: float | None = None,
         timer: Callable[[], float] = trio.current_time,
         mount_time: float | None = None,
     ) -> None:
         self._api = api
         self._content = content
+        self._members = zipview.MemberReader(content)
         self.dir_ttl = dir_ttl
         self.attr_ttl = attr_ttl
+        self.live_ttl = min(dir_ttl, 5.0) if live_ttl is None else live_ttl
         self._mount_time = time.time() if mount_time is None else mount_time
         self._builds = AsyncTTLCache[None, dict[int, Build]](ttl=dir_ttl, maxsize=1, timer=timer)
-        self._listings = AsyncTTLCache[int, Listing](ttl=dir_ttl, maxsize=1024, timer=timer)
-        self._nodes: dict[int, _Node] = {ROOT_INODE: _Root(), BUILDS_INODE: _Builds()}
+        self._listings = views.StateAwareCache[int, Listing](
+            final_ttl=final_ttl, live_ttl=self.live_ttl, timer=timer
+        )
+        #: The newest record of each build: from GET /builds/:id or from any list of builds.
+        self._records = views.StateAwareCache[int, Build](
+            final_ttl=dir_ttl, live_ttl=self.live_ttl, maxsize=4096, timer=timer
+        )
+        self._groups = AsyncTTLCache[views.GroupKind, dict[bytes, views.Group]](
+            ttl=dir_ttl, maxsize=2, timer=timer
+        )
+        self._group_builds = views.StateAwareCache[tuple[views.GroupKind, int], dict[int, Build]](
+            final_ttl=dir_ttl, live_ttl=self.live_ttl, timer=timer
+        )
+        self._indexes = AsyncTTLCache[int, zipview.ArchiveIndex](
+            ttl=math.inf, maxsize=_INDEXES, timer=timer
+        )
+        #: Download id -> (first inode, count) of its archive's member block.
+        self._member_blocks: dict[int, tuple[int, int]] = {}
+        self._next_member_inode = MEMBER_BASE
+        self._nodes: dict[int, _Node] = dict(_FIXED)
         self._lookups: Counter[int] = Counter()
         self._timer = timer
         #: (build id, download id, time) of the last getattr that needed a size probe.
@@ -124,30 +295,94 @@ class Tree:
 
     # -- the API, cached ---------------------------------------------------------------
 
+    def _remember_builds(self, builds: list[Build]) -> dict[int, Build]:
+        """The builds of a list by id (ids the tree can show), each kept as its newest record."""
+        usable = {b.id: b for b in builds if 0 <= b.id < _ID_LIMIT}
+        for build in usable.values():
+            self._records.put(build.id, build, final=build.is_final)
+        return usable
+
     async def _all_builds(self) -> dict[int, Build]:
         async def load() -> dict[int, Build]:
-            builds = await self._api.list_builds()
-            return {b.id: b for b in builds if 0 <= b.id < _ID_LIMIT}
+            return self._remember_builds(await self._api.list_builds())
 
         return await self._builds.get(None, load)
 
-    async def _listing(self, build_id: int) -> Listing:
-        async def load() -> Listing:
-            downloads = await self._api.list_downloads(build_id)
-            mine = [d for d in downloads if d.build_id in (None, build_id) and d.id < _ID_LIMIT]
-            await self._content.load_stored_sizes(d.id for d in mine)
-            return dict(file_names(mine))
+    async def _record(self, build: Build) -> Build:
+        """The build's newest record, asked again once it may have changed."""
 
-        return await self._listings.get(build_id, load)
+        async def load() -> tuple[Build, bool]:
+            fresh = await self._api.get_build(build.id)
+            return fresh, fresh.is_final
+
+        return await self._records.get(build.id, load)
+
+    async def _listing(self, build: Build) -> Listing:
+        async def load() -> tuple[Listing, bool]:
+            # A build already known to be over has all its files: its listing is final.
+            final = self._fresh_build(build).is_final
+            downloads = await self._api.list_downloads(build.id)
+            mine = [d for d in downloads if d.build_id in (None, build.id) and d.id < _ID_LIMIT]
+            await self._content.load_stored_sizes(d.id for d in mine)
+            return dict(file_names(mine)), final
+
+        return await self._listings.get(build.id, load)
+
+    async def _group_list(self, kind: views.GroupKind) -> dict[bytes, views.Group]:
+        async def load() -> dict[bytes, views.Group]:
+            if kind == "project":
+                records = await self._api.list_projects()
+            else:
+                records = await self._api.list_patterns()
+            return {g.name: g for g in views.groups(kind, records, _ID_LIMIT)}
+
+        return await self._groups.get(kind, load)
+
+    async def _builds_of(self, group: views.Group) -> dict[int, Build]:
+        """The group's builds, from the API's ``project_id``/``pattern_id`` filter."""
+
+        async def load() -> tuple[dict[int, Build], bool]:
+            found = await self._api.list_builds(**{f"{group.kind}_id": group.id})
+            builds = self._remember_builds([b for b in found if group.holds(b)])
+            cached = self._builds.peek(None)
+            if cached is not None and not builds.keys() <= cached.keys():
+                self._builds.invalidate()  # A build newer than the cached list: ask again.
+            return builds, all(b.is_final for b in builds.values())
+
+        return await self._group_builds.get((group.kind, group.id), load)
+
+    async def _latest(self, group: views.Group) -> Build:
+        latest = views.newest_finished((await self._builds_of(group)).values())
+        if latest is None:
+            raise NoSuchEntry(f"{group.kind} {group.id} has no finished build")
+        return latest
+
+    async def _index(self, archive: _Archive) -> zipview.ArchiveIndex:
+        download_id = archive.download.id
+
+        async def load() -> zipview.ArchiveIndex:
+            mtime = self._fresh_build(archive.build).mtime
+            index = await zipview.read_index(self._content, download_id, mtime=mtime)
+            block = self._member_blocks.get(download_id)
+            if block is None or block[1] != len(index.entries):
+                self._member_blocks[download_id] = (self._next_member_inode, len(index.entries))
+                self._next_member_inode += len(index.entries)
+            return index
+
+        return await self._indexes.get(download_id, load)
 
     def seed_builds(self, builds: list[Build]) -> None:
         """Use a build list fetched elsewhere (the startup check) as the cached one."""
-        self._builds.put(None, {b.id: b for b in builds if 0 <= b.id < _ID_LIMIT})
+        self._builds.put(None, self._remember_builds(builds))
 
     def invalidate(self) -> None:
-        """Forget every cached listing (the next access asks the API again)."""
+        """Forget every cached listing (the next access asks the API again). Archive
+        indexes stay: a download's bytes never change."""
         self._builds.invalidate()
         self._listings.invalidate()
+        self._records.invalidate()
+        self._groups.invalidate()
+        self._group_builds.invalidate()
 
     # -- nodes -------------------------------------------------------------------------
 
@@ -159,100 +394,202 @@ class Tree:
 
     def _fresh_build(self, build: Build) -> Build:
         """The newest record of a build that is cached, without a request."""
+        record = self._records.peek(build.id)
+        if record is not None:
+            return record
         builds = self._builds.peek(None)
         return builds.get(build.id, build) if builds is not None else build
+
+    def _member(self, archive: _Archive, index: zipview.ArchiveIndex, position: int) -> _Member:
+        first, _ = self._member_blocks[archive.download.id]
+        return _Member(first + position, archive, index.entries[position])
 
     async def _children(self, node: _Node) -> list[tuple[bytes, _Node]]:
         match node:
             case _Root():
-                return [(BUILDS_NAME, self._nodes[BUILDS_INODE])]
-            case _Builds():
+                return [(name, self._nodes[ino]) for name, ino in _TOP_NAMES.items()]
+            case _Builds() | _Unpacked():
                 builds = await self._all_builds()
                 return [
-                    (str(i).encode(), _BuildDir(build_inode(i), builds[i])) for i in sorted(builds)
+                    (str(i).encode(), self._build_node(node, builds[i])) for i in sorted(builds)
+                ]
+            case _Groups(kind=kind):
+                return [
+                    (name, _Group(_GROUP_BASE[kind] + g.id, g))
+                    for name, g in (await self._group_list(kind)).items()
                 ]
             case _BuildDir(build=build):
-                listing = await self._listing(build.id)
-                return [
+                listing = await self._listing(build)
+                entries: list[tuple[bytes, _Node]] = [
+                    (BUILD_JSON_NAME, _BuildJson(BUILD_JSON_BASE + build.id, build))
+                ]
+                entries += [
                     (name, _File(file_inode(d.id), d, build, name)) for name, d in listing.items()
                 ]
+                return entries
+            case _UnpackedBuild(build=build):
+                listing = await self._listing(build)
+                return [
+                    (name, _Archive(ARCHIVE_BASE + d.id, d, build, name))
+                    for name, d in listing.items()
+                ]
+            case _Group(group=group):
+                builds = await self._builds_of(group)
+                links: list[tuple[bytes, _Node]] = [
+                    (str(i).encode(), _BuildLink(BUILD_LINK_BASE + i, builds[i]))
+                    for i in sorted(builds)
+                ]
+                if views.newest_finished(builds.values()) is not None:
+                    links.append((LATEST_NAME, _Latest(_LATEST_BASE[group.kind] + group.id, group)))
+                return links
+            case _Archive() | _Member():
+                archive, position = _archive_position(node)
+                index = await self._index(archive)
+                return [
+                    (name, self._member(archive, index, child))
+                    for name, child in index.children.get(position, {}).items()
+                ]
             case _:
-                raise NotADirectory(f"inode {node.ino} is a file")
+                raise NotADirectory(f"inode {node.ino} is not a directory")
+
+    @staticmethod
+    def _build_node(parent: _Builds | _Unpacked, build: Build) -> _BuildDir | _UnpackedBuild:
+        if isinstance(parent, _Builds):
+            return _BuildDir(build_inode(build.id), build)
+        return _UnpackedBuild(UNPACKED_BUILD_BASE + build.id, build)
 
     async def _child(self, node: _Node, name: bytes) -> _Node:
         match node:
             case _Root():
-                if name == BUILDS_NAME:
-                    return self._nodes[BUILDS_INODE]
-            case _Builds():
+                ino = _TOP_NAMES.get(name)
+                if ino is not None:
+                    return self._nodes[ino]
+            case _Builds() | _Unpacked():
                 build_id = _parse_id(name)
                 if build_id is not None:
                     build = (await self._all_builds()).get(build_id)
                     if build is not None:
-                        return _BuildDir(build_inode(build_id), build)
-            case _BuildDir(build=build):
-                download = (await self._listing(build.id)).get(name)
+                        return self._build_node(node, build)
+            case _Groups(kind=kind):
+                group = (await self._group_list(kind)).get(name)
+                if group is not None:
+                    return _Group(_GROUP_BASE[kind] + group.id, group)
+            case _BuildDir(build=build) if name == BUILD_JSON_NAME:
+                return _BuildJson(BUILD_JSON_BASE + build.id, build)
+            case _BuildDir(build=build) | _UnpackedBuild(build=build):
+                download = (await self._listing(build)).get(name)
                 if download is not None:
-                    return _File(file_inode(download.id), download, build, name)
+                    if isinstance(node, _BuildDir):
+                        return _File(file_inode(download.id), download, build, name)
+                    return _Archive(ARCHIVE_BASE + download.id, download, build, name)
+            case _Group(group=group) if name == LATEST_NAME:
+                await self._latest(group)
+                return _Latest(_LATEST_BASE[group.kind] + group.id, group)
+            case _Group(group=group):
+                build_id = _parse_id(name)
+                if build_id is not None:
+                    build = (await self._builds_of(group)).get(build_id)
+                    if build is not None:
+                        return _BuildLink(BUILD_LINK_BASE + build_id, build)
+            case _Archive() | _Member():
+                archive, position = _archive_position(node)
+                index = await self._index(archive)
+                child = index.children.get(position, {}).get(name)
+                if child is not None:
+                    return self._member(archive, index, child)
             case _:
-                raise NotADirectory(f"inode {node.ino} is a file")
-        raise NoSuchEntry(f"no {name!r} in inode {node.ino}")
+                raise NotADirectory(f"inode {node.ino} is not a directory")
+        raise NoSuchEntry(f"no {name!r} in {self.describe(node.ino)}")
+
+    def _holds_probe_names(self, node: _Node) -> bool:
+        """Whether a probe name may really be in this directory: only in an archive whose
+        index is already read (archives are shown as they are; nothing else ever is)."""
+        if isinstance(node, _Archive | _Member):
+            return self._indexes.peek(_archive_position(node)[0].download.id) is not None
+        return False
 
     # -- attributes --------------------------------------------------------------------
 
     def _attributes(self, node: _Node, size: int | None = None) -> Attributes:
+        """Attributes from what is known without a request (see ``getattr`` for the rest)."""
         match node:
-            case _Root() | _Builds():
+            case _Root() | _Builds() | _Unpacked() | _Groups() | _Group():
                 return self._dir_attributes(node.ino, self._mount_time)
-            case _BuildDir(build=build):
+            case _BuildDir(build=build) | _UnpackedBuild(build=build) | _Archive(build=build):
                 return self._dir_attributes(node.ino, self._fresh_build(build).mtime)
+            case _Member(entry=entry) if entry.is_dir:
+                return self._dir_attributes(node.ino, entry.mtime)
+            case _Member(entry=entry):
+                return self._file_attributes(node.ino, entry.size, entry.mtime, self.attr_ttl)
             case _File(download=download, build=build):
                 if size is None:
                     size = self._content.known_size(download.id)
-                return Attributes(
-                    ino=node.ino,
-                    is_dir=False,
-                    size=size or 0,
-                    mtime=self._fresh_build(build).mtime,
-                    nlink=1,
-                    attr_timeout=self.attr_ttl if size is not None else 0.0,
-                    entry_timeout=self.dir_ttl,
+                timeout = self.attr_ttl if size is not None else 0.0
+                return self._file_attributes(
+                    node.ino, size or 0, self._fresh_build(build).mtime, timeout
                 )
+            case _BuildJson(build=build):
+                record = self._records.peek(build.id)
+                if record is None:
+                    return self._file_attributes(node.ino, 0, self._fresh_build(build).mtime, 0)
+                timeout = self.attr_ttl if record.is_final else 0.0
+                size = len(views.build_json(record))
+                return self._file_attributes(node.ino, size, record.mtime, timeout)
+            case _BuildLink(build=build):
+                target = _link_target(build)
+                return self._link_attributes(node.ino, target, build.mtime, self.attr_ttl)
+            case _Latest(group=group):
+                builds = self._group_builds.peek((group.kind, group.id)) or {}
+                latest = views.newest_finished(builds.values())
+                if latest is None:
+                    return self._link_attributes(node.ino, b"", self._mount_time, 0.0)
+                return self._link_attributes(node.ino, str(latest.id).encode(), latest.mtime, 0.0)
 
     def _dir_attributes(self, ino: int, mtime: float) -> Attributes:
-        return Attributes(
-            ino=ino,
-            is_dir=True,
-            size=0,
-            mtime=mtime,
-            nlink=2,
-            attr_timeout=self.attr_ttl,
-            entry_timeout=self.dir_ttl,
-        )
+        return Attributes(ino, Kind.DIR, 0, mtime, 2, self.attr_ttl, self.dir_ttl)
+
+    def _file_attributes(self, ino: int, size: int, mtime: float, timeout: float) -> Attributes:
+        return Attributes(ino, Kind.FILE, size, mtime, 1, timeout, self.dir_ttl)
+
+    def _link_attributes(self, ino: int, target: bytes, mtime: float, timeout: float) -> Attributes:
+        return Attributes(ino, Kind.SYMLINK, len(target), mtime, 1, timeout, self.dir_ttl)
 
     # -- operations --------------------------------------------------------------------
 
     async def lookup(self, parent: int, name: bytes) -> Attributes:
-        """Resolve ``name`` in directory ``parent``; counts one kernel lookup of the result."""
-        child = await self._child(self._node(parent), name)
+        """Resolve ``name`` in directory ``parent``; counts one kernel lookup of the result.
+        A name desktops probe for costs no request (see the module docstring)."""
+        node = self._node(parent)
+        if is_probe_name(name) and not self._holds_probe_names(node):
+            if not self._attributes(node).is_dir:
+                raise NotADirectory(f"inode {parent} is not a directory")
+            raise NoSuchEntry(f"{name!r} is a name desktops probe for")
+        child = await self._child(node, name)
         self._nodes.setdefault(child.ino, child)
         self._lookups[child.ino] += 1
         return self._attributes(child)
 
     async def getattr(self, ino: int) -> Attributes:
-        """Attributes with the true size: a file's size is probed if not known yet.
+        """Attributes with the true size: a download's size is probed if not known yet,
+        ``.build.json`` and ``latest`` are brought up to date.
 
         When two files of one build need a probe within ``_SCAN_WINDOW`` seconds, someone is
         going through the directory (``ls -l``, a file manager): the sizes of all its files
         are then probed concurrently in the background, instead of one stat at a time.
         """
         node = self._node(ino)
-        if not isinstance(node, _File):
-            return self._attributes(node)
-        download_id = node.download.id
-        if self._content.known_size(download_id) is None:
-            self._notice_probe(node)
-        return self._attributes(node, await self._content.size(download_id))
+        match node:
+            case _File(download=download):
+                if self._content.known_size(download.id) is None:
+                    self._notice_probe(node)
+                return self._attributes(node, await self._content.size(download.id))
+            case _BuildJson(build=build):
+                await self._record(build)
+            case _Latest(group=group):
+                await self._latest(group)
+            case _:
+                pass
+        return self._attributes(node)
 
     def _notice_probe(self, node: _File) -> None:
         now = self._timer()
@@ -289,32 +626,106 @@ class Tree:
             self._lookups[ino] = remaining
             return
         del self._lookups[ino]
-        if ino not in (ROOT_INODE, BUILDS_INODE):
+        if ino not in _FIXED:
             self._nodes.pop(ino, None)
 
     def is_dir(self, ino: int) -> bool:
-        return not isinstance(self._node(ino), _File)
+        return self._attributes(self._node(ino)).is_dir
 
-    def download_id(self, ino: int) -> int:
+    async def readlink(self, ino: int) -> bytes:
+        """The target of a link: ``../../builds/<id>``, or for ``latest`` the id of the
+        group's newest FINISHED build (a sibling link), as of the cached listing."""
+        match self._node(ino):
+            case _BuildLink(build=build):
+                return _link_target(build)
+            case _Latest(group=group):
+                return str((await self._latest(group)).id).encode()
+            case _:
+                raise NotASymlink(f"inode {ino} is not a symbolic link")
+
+    async def xattrs(self, ino: int) -> dict[bytes, bytes]:
+        """The extended attributes of a node: the API's fields of a build (on its
+        directories, up to date like ``.build.json``), of a download (on its file and its
+        unpacked directory), of a project or pattern; nothing elsewhere."""
+        match self._node(ino):
+            case _BuildDir(build=build) | _UnpackedBuild(build=build):
+                record = await self._record(build)
+                return views.xattrs("build", views.BUILD_FIELDS, record.raw)
+            case _File(download=download) | _Archive(download=download):
+                return views.xattrs("download", views.DOWNLOAD_FIELDS, download.raw)
+            case _Group(group=group):
+                return views.xattrs(group.kind, views.GROUP_FIELDS[group.kind], group.raw)
+            case _:
+                return {}
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        """One extended attribute; ``NoSuchAttribute`` (ENODATA) when the node has none
+        of that name, for instance a field the API left out or sent as null."""
+        # ls and file managers ask for ACLs and security labels: answered without I/O.
+        value = (await self.xattrs(ino)).get(name) if name.startswith(views.XATTR_PREFIX) else None
+        if value is None:
+            raise NoSuchAttribute(f"no attribute {name!r} on inode {ino}")
+        return value
+
+    async def open(self, ino: int) -> OpenFile:
+        """Nothing is fetched for a download or a member here: only ``read`` downloads.
+        Their bytes never change, so the kernel may keep its page cache (``keep_cache``).
+        ``.build.json`` is taken as it is now, for this handle to read."""
         node = self._node(ino)
-        if not isinstance(node, _File):
-            raise IsADirectory(f"inode {ino} is a directory")
-        return node.download.id
+        match node:
+            case _File() | _Member(entry=zipview.Entry(is_dir=False)):
+                return OpenFile(ino, keep_cache=True)
+            case _BuildJson(build=build):
+                return OpenFile(ino, keep_cache=False, snapshot=await self._json_of(build))
+            case _:
+                raise IsADirectory(f"inode {ino} cannot be read: it is not a file")
 
     async def read(self, ino: int, offset: int, length: int) -> bytes:
-        return await self._content.read(self.download_id(ino), offset, length)
+        """Up to ``length`` bytes at ``offset``; fewer only at the end of the file."""
+        node = self._node(ino)
+        match node:
+            case _File(download=download):
+                return await self._content.read(download.id, offset, length)
+            case _Member(archive=archive, entry=entry) if not entry.is_dir:
+                return await self._members.read(archive.download.id, entry, offset, length)
+            case _BuildJson(build=build):
+                return (await self._json_of(build))[offset : offset + length]
+            case _:
+                raise IsADirectory(f"inode {ino} cannot be read: it is not a file")
+
+    async def _json_of(self, build: Build) -> bytes:
+        return views.build_json(await self._record(build))
 
     def describe(self, ino: int) -> str:
         """A path for log lines; never raises."""
-        match self._nodes.get(ino):
+        node = self._nodes.get(ino)
+        match node:
             case _Root():
                 return "/"
             case _Builds():
                 return "/builds"
+            case _Unpacked():
+                return "/unpacked"
+            case _Groups(kind=kind):
+                return _GROUPS_PATH[kind]
             case _BuildDir(build=build):
                 return f"/builds/{build.id}"
+            case _BuildJson(build=build):
+                return f"/builds/{build.id}/.build.json"
             case _File(build=build, name=name):
-                return f"/builds/{build.id}/{name.decode('utf-8', 'backslashreplace')}"
+                return f"/builds/{build.id}/{_show(name)}"
+            case _Group(group=group):
+                return f"{_GROUPS_PATH[group.kind]}/{_show(group.name)}"
+            case _Latest(group=group):
+                return f"{_GROUPS_PATH[group.kind]}/{_show(group.name)}/latest"
+            case _BuildLink(build=build):
+                return f"link to /builds/{build.id}"
+            case _UnpackedBuild(build=build):
+                return f"/unpacked/{build.id}"
+            case _Archive(build=build, name=name):
+                return f"/unpacked/{build.id}/{_show(name)}"
+            case _Member(archive=archive, entry=entry):
+                return f"/unpacked/{archive.build.id}/{_show(archive.name)}/{entry.path}"
             case _:
                 return f"inode {ino}"
 
@@ -323,8 +734,23 @@ class Tree:
         return len(self._nodes)
 
 
+def _archive_position(node: _Archive | _Member) -> tuple[_Archive, int]:
+    """The archive a directory is in, and its position in the archive's index."""
+    if isinstance(node, _Archive):
+        return node, 0
+    return node.archive, node.entry.index
+
+
+def _link_target(build: Build) -> bytes:
+    return f"../../builds/{build.id}".encode()
+
+
+def _show(name: bytes) -> str:
+    return name.decode("utf-8", "backslashreplace")
+
+
 def _parse_id(name: bytes) -> int | None:
-    """A build id as the directory shows it: decimal digits, no sign, no leading zero."""
+    """An id as a directory shows it: decimal digits, no sign, no leading zero."""
     if not name.isdigit() or (name.startswith(b"0") and name != b"0"):
         return None
     value = int(name)

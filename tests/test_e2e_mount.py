@@ -114,6 +114,11 @@ def plain_names(emulator: Emulator, build_id: int) -> dict[str, dict[str, Any]]:
     return names
 
 
+def results(build_dir: Path) -> list[str]:
+    """The result files of a build directory: its entries but the hidden ``.build.json``."""
+    return [name for name in os.listdir(build_dir) if name != ".build.json"]
+
+
 def build_object(emulator: Emulator, build_id: int) -> dict[str, Any]:
     return next(b for b in emulator.builds if b["id"] == build_id)
 
@@ -206,7 +211,7 @@ def test_cp_r_gives_byte_identical_files(mnt: Path, emulator: Emulator, tmp_path
     copy = tmp_path / "copy"
     done = run("cp", "-r", mnt / "builds" / str(DEMO_BUILD), copy)
     assert done.returncode == 0, done.stderr
-    assert {p.name for p in copy.iterdir()} == set(expected)
+    assert {p.name for p in copy.iterdir()} == {*expected, ".build.json"}
     for name, download in expected.items():
         assert sha256_file(copy / name) == emulator.body_sha256(download["id"]), name
 
@@ -274,7 +279,7 @@ def test_content_cache_survives_a_remount(
 def test_awkward_names_all_appear_unique_valid_and_readable(mnt: Path, emulator: Emulator) -> None:
     downloads = emulator.downloads_of(AWKWARD_BUILD)
     build_dir = mnt / "builds" / str(AWKWARD_BUILD)
-    names = os.listdir(os.fsencode(build_dir))
+    names = [n for n in os.listdir(os.fsencode(build_dir)) if n != b".build.json"]
     assert len(names) == len(downloads), names
     assert len(set(names)) == len(names)
     for raw in names:
@@ -339,7 +344,7 @@ def test_every_change_gets_erofs(mnt: Path, emulator: Emulator) -> None:
             wrong[what] = errno.errorcode.get(got, "succeeded") if got else "succeeded"
     assert not wrong, f"expected EROFS, got: {wrong}"
 
-    assert sorted(os.listdir(build_dir)) == sorted(plain_names(emulator, DEMO_BUILD))
+    assert sorted(results(build_dir)) == sorted(plain_names(emulator, DEMO_BUILD))
     assert hashlib.sha256(read_cold(path)).hexdigest() == emulator.body_sha256(download["id"])
     assert_alive(mnt)
 
@@ -382,12 +387,12 @@ def test_server_error_on_listing_is_eio_then_listing_works(mnt: Path, emulator: 
     build_dir = mnt / "builds" / str(DEMO_BUILD)
     assert errno_of(os.listdir, build_dir) == errno.EIO
     assert_alive(mnt)
-    assert sorted(os.listdir(build_dir)) == sorted(plain_names(emulator, DEMO_BUILD))
+    assert sorted(results(build_dir)) == sorted(plain_names(emulator, DEMO_BUILD))
 
 
 def test_forbidden_download_is_eacces(mnt: Path, emulator: Emulator) -> None:
     build_dir = mnt / "builds" / str(FORBIDDEN_BUILD)
-    names = os.listdir(build_dir)
+    names = results(build_dir)
     assert len(names) == len(emulator.downloads_of(FORBIDDEN_BUILD)) > 0
     assert errno_of(read_cold, build_dir / names[0]) == errno.EACCES
     assert_alive(mnt)

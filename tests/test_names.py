@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mkwfs.models import Download, parse_download
-from mkwfs.names import NAME_MAX, file_names
+from mkwfs.names import NAME_MAX, file_names, is_probe_name, safe_name
 
 
 def download(ident: int, name: Any, file_name: Any = None) -> Download:
@@ -103,3 +103,15 @@ def test_a_new_download_never_renames_the_earlier_ones(raw: list[str | None]) ->
     for ident, name in before.items():
         if name in (b"a.zip", b"b.zip"):  # names that did not need a marker stay put
             assert after[ident] == name
+
+
+def test_names_desktops_probe_for_get_a_leading_underscore() -> None:
+    probes = [".hidden", ".Trash", ".Trash-1000", ".xdg-volume-info", "autorun.inf",
+              ".directory", ".DS_Store", "desktop.ini", "Desktop.INI", "._x.zip"]  # fmt: skip
+    for probe in probes:
+        assert is_probe_name(probe.encode()), probe
+    downloads = [download(i, name) for i, name in enumerate(probes, start=1)]
+    assert names_of(*downloads) == [b"_" + p.encode() for p in probes]
+    for name in ("hidden", ".Trash-x", ".hidden_result.zip", "_.hidden", "autorun.inf.zip"):
+        assert not is_probe_name(name.encode()), name
+    assert safe_name(".DS_Store", avoid_probes=False) == ".DS_Store"

@@ -10,6 +10,7 @@ import trio.testing
 
 from mkwfs.emulator import (
     AWKWARD_BUILD,
+    BUILDING_BUILD,
     DEMO_BUILD,
     FORBIDDEN_BUILD,
     LARGE_BUILD,
@@ -19,6 +20,7 @@ from mkwfs.emulator import (
 from mkwfs.errors import IsADirectory, NoSuchEntry, NotADirectory, PermissionDenied, ServerError
 from mkwfs.models import parse_timestamp
 from mkwfs.tree import (
+    BUILD_JSON_NAME,
     BUILDS_INODE,
     FILE_BASE,
     ROOT_INODE,
@@ -45,10 +47,15 @@ async def build_dir(tree: Tree, build_id: int) -> Attributes:
     return await tree.lookup(BUILDS_INODE, str(build_id).encode())
 
 
+async def files(tree: Tree, build_ino: int) -> list[tuple[bytes, Attributes]]:
+    """The downloads in a build directory (its entries but ``.build.json``)."""
+    return [(name, a) for name, a in await tree.listdir(build_ino) if name != BUILD_JSON_NAME]
+
+
 async def test_root_and_builds_list_every_build(emulator: Emulator, tmp_path: Path) -> None:
     async with open_tree(emulator, tmp_path) as tree:
         root = await tree.listdir(ROOT_INODE)
-        assert [name for name, _ in root] == [b"builds"]
+        assert [name for name, _ in root] == [b"builds", b"patterns", b"projects", b"unpacked"]
         builds = await tree.listdir(BUILDS_INODE)
         assert [name for name, _ in builds] == sorted(
             (str(b["id"]).encode() for b in emulator.builds), key=int
@@ -64,8 +71,8 @@ async def test_listing_a_build_costs_one_request_and_no_size_probe(
 ) -> None:
     async with open_tree(emulator, tmp_path) as tree:
         build = await build_dir(tree, DEMO_BUILD)
-        entries = await tree.listdir(build.ino)
-        again = await tree.listdir(build.ino)
+        entries = await files(tree, build.ino)
+        again = await files(tree, build.ino)
     expected = sorted(d["name"].encode() for d in emulator.downloads_of(DEMO_BUILD))
     assert sorted(name for name, _ in entries) == expected
     assert entries == again
@@ -88,7 +95,7 @@ async def test_getattr_probes_the_true_size_once(emulator: Emulator, tmp_path: P
         assert attrs.attr_timeout == 20.0
         assert (await tree.getattr(entry.ino)).size == true_size
         # Now known, listings carry the size too.
-        listed = dict(await tree.listdir(build.ino))
+        listed = dict(await files(tree, build.ino))
         assert listed[download["name"].encode()].size == true_size
     assert emulator.requests[HEAD] == 1
     assert emulator.requests[GET] == 0
@@ -98,7 +105,7 @@ async def test_file_times_come_from_the_build(emulator: Emulator, tmp_path: Path
     build_json = next(b for b in emulator.builds if b["id"] == DEMO_BUILD)
     async with open_tree(emulator, tmp_path) as tree:
         build = await build_dir(tree, DEMO_BUILD)
-        (_, attrs), *_ = await tree.listdir(build.ino)
+        (_, attrs), *_ = await files(tree, build.ino)
     assert build.mtime == attrs.mtime == parse_timestamp(build_json["build_end"])
 
 
@@ -114,26 +121,33 @@ async def test_missing_names_cost_no_request_within_the_ttl(
             with pytest.raises(NoSuchEntry):
                 await tree.lookup(BUILDS_INODE, name)
         with pytest.raises(NoSuchEntry):
-            await tree.lookup(ROOT_INODE, b"projects")
+            await tree.lookup(ROOT_INODE, b"no-such-top-level")
     assert emulator.requests[LIST] == 1
     assert emulator.requests[BUILDS] == 1
 
 
-async def test_listings_expire_after_the_ttl(
+async def test_a_finished_builds_listing_is_kept_long_a_running_ones_briefly(
     emulator: Emulator, tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
     async with open_tree(emulator, tmp_path, dir_ttl=10.0) as tree:
-        build = await build_dir(tree, DEMO_BUILD)
-        await tree.listdir(build.ino)
-        mock_clock.jump(9.0)
-        await tree.listdir(build.ino)
-        assert emulator.requests[LIST] == 1
-        mock_clock.jump(2.0)
-        await tree.listdir(build.ino)
+        assert tree.live_ttl == 5.0
+        finished = await build_dir(tree, DEMO_BUILD)
+        running = await build_dir(tree, BUILDING_BUILD)
+        await files(tree, finished.ino)
+        await files(tree, running.ino)
         assert emulator.requests[LIST] == 2
-        tree.invalidate()
-        await tree.listdir(build.ino)
+        mock_clock.jump(4.0)
+        await files(tree, running.ino)
+        assert emulator.requests[LIST] == 2
+        mock_clock.jump(2.0)  # past live_ttl: the running build is asked again
+        await files(tree, running.ino)
         assert emulator.requests[LIST] == 3
+        mock_clock.jump(3600.0)  # far past dir_ttl: a finished build's files cannot change
+        await files(tree, finished.ino)
+        assert emulator.requests[LIST] == 3
+        tree.invalidate()
+        await files(tree, finished.ino)
+        assert emulator.requests[LIST] == 4
 
 
 async def test_reading_twice_downloads_once(emulator: Emulator, tmp_path: Path) -> None:
@@ -168,7 +182,7 @@ async def test_a_fresh_tree_on_the_same_cache_does_not_download_again(
 async def test_awkward_names_are_unique_and_safe(emulator: Emulator, tmp_path: Path) -> None:
     async with open_tree(emulator, tmp_path) as tree:
         build = await build_dir(tree, AWKWARD_BUILD)
-        entries = await tree.listdir(build.ino)
+        entries = await files(tree, build.ino)
         names = [name for name, _ in entries]
         assert len(names) == len(emulator.downloads_of(AWKWARD_BUILD))
         assert len(set(names)) == len(names)
@@ -182,7 +196,7 @@ async def test_forbidden_downloads_are_permission_errors(
 ) -> None:
     async with open_tree(emulator, tmp_path) as tree:
         build = await build_dir(tree, FORBIDDEN_BUILD)
-        (_, attrs), *_ = await tree.listdir(build.ino)
+        (_, attrs), *_ = await files(tree, build.ino)
         with pytest.raises(PermissionDenied):
             await tree.getattr(attrs.ino)
         with pytest.raises(PermissionDenied):
@@ -194,14 +208,14 @@ async def test_server_errors_surface_then_recover(emulator: Emulator, tmp_path: 
         build = await build_dir(tree, DEMO_BUILD)
         emulator.fail_next(LIST, 500)
         with pytest.raises(ServerError):
-            await tree.listdir(build.ino)
-        assert len(await tree.listdir(build.ino)) == len(emulator.downloads_of(DEMO_BUILD))
+            await files(tree, build.ino)
+        assert len(await files(tree, build.ino)) == len(emulator.downloads_of(DEMO_BUILD))
 
 
 async def test_wrong_kinds_and_forgotten_inodes(emulator: Emulator, tmp_path: Path) -> None:
     async with open_tree(emulator, tmp_path) as tree:
         build = await build_dir(tree, DEMO_BUILD)
-        (name, _), *_ = await tree.listdir(build.ino)
+        (name, _), *_ = await files(tree, build.ino)
         entry = await tree.lookup(build.ino, name)
         with pytest.raises(NotADirectory):
             await tree.listdir(entry.ino)
@@ -221,7 +235,7 @@ async def test_inodes_are_stable_across_trees(emulator: Emulator, tmp_path: Path
     for _ in range(2):
         async with open_tree(emulator, tmp_path) as tree:
             build = await build_dir(tree, DEMO_BUILD)
-            seen.append(await tree.listdir(build.ino))
+            seen.append(await files(tree, build.ino))
     assert [(n, a.ino) for n, a in seen[0]] == [(n, a.ino) for n, a in seen[1]]
 
 
@@ -230,7 +244,7 @@ async def test_a_directory_scan_probes_sizes_concurrently_and_once(
 ) -> None:
     async with open_tree(emulator, tmp_path) as tree:
         build = await build_dir(tree, LARGE_BUILD)
-        entries = await tree.listdir(build.ino)
+        entries = await files(tree, build.ino)
         assert len(entries) == 1000
         # A single stat probes one size only.
         first = await tree.getattr(entries[0][1].ino)
@@ -254,12 +268,12 @@ async def test_after_a_remount_listings_carry_the_stored_sizes(
 ) -> None:
     async with open_tree(emulator, tmp_path / "cache") as tree:
         build = await build_dir(tree, DEMO_BUILD)
-        for _, attrs in await tree.listdir(build.ino):
+        for _, attrs in await files(tree, build.ino):
             await tree.getattr(attrs.ino)
     probes = emulator.requests[HEAD]
     async with open_tree(emulator, tmp_path / "cache") as tree:
         build = await build_dir(tree, DEMO_BUILD)
-        for _, attrs in await tree.listdir(build.ino):
+        for _, attrs in await files(tree, build.ino):
             assert attrs.size == emulator.body_path(attrs.ino - FILE_BASE).stat().st_size
             assert attrs.attr_timeout > 0
     assert emulator.requests[HEAD] == probes

@@ -1,8 +1,14 @@
-"""Mounting: pyfuse3 init/main/close around a Tree, signals, readiness.
+"""Mounting: pyfuse3 init/main/close around a Tree, the control socket, signals, readiness.
 
-``serve`` checks the API first (so a wrong URL or token fails before anything is mounted),
-mounts, reports readiness, and serves until the filesystem is unmounted (``fusermount3 -u``)
-or the process gets SIGTERM/SIGINT, after which it unmounts. SIGHUP drops cached listings.
+``serve`` claims the mount point's control socket (so a second mkwfs on the same mount point
+is refused), checks the API (so a wrong URL or token fails before anything is mounted),
+mounts, reports readiness (to its caller, and to systemd over ``$NOTIFY_SOCKET``), and
+serves until the filesystem is unmounted (``fusermount3 -u``) or the process gets
+SIGTERM/SIGINT, after which it unmounts. Downloads in progress are cut off there; what
+arrived stays in the content cache and the next read resumes it.
+
+SIGHUP, like ``mkwfs refresh``, drops the cached listings and the kernel's cached
+attributes, so the next access asks the server again.
 """
 
 from __future__ import annotations
@@ -10,20 +16,33 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
+import time
 from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pyfuse3
 import trio
+from pyfuse3 import EntryAttributes, InodeT
+from typing_extensions import override
 
+from mkwfs import __version__
 from mkwfs.api import ApiClient
+from mkwfs.checks import mount_entry
 from mkwfs.config import Config
 from mkwfs.content import ContentStore
+from mkwfs.control import serve_control
 from mkwfs.errors import MkwfsError
 from mkwfs.fs import MkwfsOperations
-from mkwfs.tree import Tree
+from mkwfs.tree import BUILDS_INODE, ROOT_INODE, Attributes, Tree
 
 log = logging.getLogger(__name__)
+
+#: Seconds ``mkwfs status`` waits for the server to answer its check.
+STATUS_CHECK_TIMEOUT = 10.0
 
 
 class MountError(MkwfsError):
@@ -31,7 +50,11 @@ class MountError(MkwfsError):
 
 
 def _mount_options(config: Config) -> set[str]:
-    return set(pyfuse3.default_options) | {"fsname=mkwfs", "subtype=mkwfs", "ro"}
+    options = set(pyfuse3.default_options) | {"fsname=mkwfs", "subtype=mkwfs", "ro"}
+    if config.allow_other:
+        # Other users see the mount; default_permissions makes the kernel apply the modes.
+        options |= {"allow_other", "default_permissions"}
+    return options | set(config.fuse_options)
 
 
 def open_http_client() -> httpx.AsyncClient:
@@ -39,46 +62,220 @@ def open_http_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(30.0, connect=10.0),
         limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
-        headers={"User-Agent": "mkwfs"},
+        headers={"User-Agent": f"mkwfs/{__version__}"},
     )
 
 
-async def _handle_signals(tree: Tree) -> None:
+def notify_systemd(state: str) -> None:
+    """Tell systemd ``state`` (``READY=1``, ``STOPPING=1``) when it asked to be told
+    (``Type=notify`` sets ``$NOTIFY_SOCKET``); otherwise do nothing. Never raises."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path:
+        return
+    target = "\0" + path[1:] if path.startswith("@") else path
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(state.encode(), target)
+    except OSError as exc:
+        log.warning("cannot notify systemd at %s: %s", path, exc)
+
+
+class _MaskedOperations(MkwfsOperations):
+    """The operations with ``--umask`` taken off every mode they report."""
+
+    def __init__(self, tree: Tree, *, uid: int | None, gid: int | None, umask: int) -> None:
+        super().__init__(tree, uid=uid, gid=gid)
+        self._umask = umask
+
+    @override
+    def _entry(self, attrs: Attributes) -> EntryAttributes:
+        entry = super()._entry(attrs)
+        entry.st_mode &= ~self._umask
+        return entry
+
+
+class _Mount:
+    """One mounted filesystem: what the control socket and signals act on."""
+
+    def __init__(self, config: Config, api: ApiClient, content: ContentStore, tree: Tree):
+        self.config = config
+        self.api = api
+        self.content = content
+        self.tree = tree
+        self.mounted_at = time.time()
+
+    async def refresh(self, inodes: list[int]) -> None:
+        """Drop the cached listings, and the kernel's attributes and data of ``inodes``
+        (from a thread: the kernel may wait for a request this thread has to answer)."""
+        self.tree.invalidate()
+        for ino in inodes:
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, InodeT(ino), False)
+            except OSError as exc:  # ENOENT: the kernel does not know it; nothing cached
+                log.debug("invalidate inode %d: %s", ino, exc)
+        log.info("dropped cached listings")
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer a control request: ``status``, or ``refresh`` (optional ``inode``)."""
+        match request.get("command"):
+            case "status":
+                return await self.status()
+            case "refresh":
+                inode = request.get("inode")
+                extra = [inode] if isinstance(inode, int) and inode > 0 else []
+                await self.refresh([ROOT_INODE, BUILDS_INODE, *extra])
+                return {"refreshed": True}
+            case other:
+                return {"error": f"unknown command {other!r}"}
+
+    async def status(self) -> dict[str, Any]:
+        """The mount's state and counters, after asking the server for the builds now."""
+        checked = time.time()
+        try:
+            with trio.fail_after(STATUS_CHECK_TIMEOUT):
+                await self.api.list_builds()
+            api_error = None
+        except MkwfsError as exc:
+            api_error = str(exc)
+        except trio.TooSlowError:
+            api_error = f"no answer within {STATUS_CHECK_TIMEOUT:.0f} s"
+        stats = self.api.stats
+        return {
+            "mountpoint": str(self.config.mountpoint),
+            "pid": os.getpid(),
+            "version": __version__,
+            "api_url": self.config.api_url,
+            "profile": self.config.profile,
+            "mounted_at": self.mounted_at,
+            "api": {
+                "reachable": api_error is None,
+                "error": api_error,
+                "checked_at": checked,
+                "requests": dict(self.api.requests),
+                "bytes_received": stats.bytes_received,
+                "failures": dict(stats.failures),
+                "last_success": stats.last_success,
+                "last_failure": stats.last_failure,
+                "last_error": stats.last_error,
+            },
+            "cache": {
+                "dir": str(self.config.cache_dir),
+                "max_bytes": self.config.cache_max_size,
+                **asdict(self.content.stats()),
+            },
+        }
+
+
+async def _handle_signals(mount: _Mount) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 log.info("SIGHUP: dropping cached listings")
-                tree.invalidate()
+                await mount.refresh([ROOT_INODE, BUILDS_INODE])
             else:
                 log.info("%s: unmounting", signal.Signals(signum).name)
                 pyfuse3.terminate()
 
 
+def _operations(config: Config, tree: Tree) -> MkwfsOperations:
+    if config.umask:
+        return _MaskedOperations(tree, uid=config.uid, gid=config.gid, umask=config.umask)
+    return MkwfsOperations(tree, uid=config.uid, gid=config.gid)
+
+
 async def serve(config: Config, on_ready: Callable[[], None] = lambda: None) -> None:
-    """Mount ``config.mountpoint`` and serve it until unmounted or signalled."""
+    """Mount ``config.mountpoint`` and serve it until unmounted or signalled.
+
+    Raises ``AlreadyServed`` when another mkwfs serves the mount point, the API's errors
+    when the first listing of builds fails, ``MountError`` when the kernel refuses; in
+    each case nothing is mounted. (A lone ``MkwfsError`` comes out of the task group
+    bare, so callers can catch it.)
+    """
+    try:
+        await _serve(config, on_ready)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], MkwfsError):
+            raise leaves[0] from group
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return leaves
+
+
+async def _serve(config: Config, on_ready: Callable[[], None]) -> None:
     config.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    async with open_http_client() as http:
-        api = ApiClient(http, config.api_url, config.credentials)
-        builds = await api.list_builds()
-        async with trio.open_nursery() as nursery:
-            content = ContentStore(api, config.cache_dir, nursery)
-            tree = Tree(api, content, dir_ttl=config.dir_ttl, attr_ttl=config.attr_ttl)
-            tree.seed_builds(builds)
-            try:
-                pyfuse3.init(
-                    MkwfsOperations(tree), os.fspath(config.mountpoint), _mount_options(config)
-                )
-            except RuntimeError as exc:
-                raise MountError(
-                    f"cannot mount {config.mountpoint}: {exc} "
-                    "(is it already mounted, or is /dev/fuse missing?)"
-                ) from exc
-            try:
-                nursery.start_soon(_handle_signals, tree)
-                log.info("mounted %s on %s", config.api_url, config.mountpoint)
-                on_ready()
-                await pyfuse3.main()
-            finally:
-                pyfuse3.close(unmount=True)
-                nursery.cancel_scope.cancel()
+    stores: list[ContentStore] = []
+    try:
+        await _serve_with(config, on_ready, stores)
+    finally:
+        # Every fetch has stopped now: record what partial bodies hold, for the next mount.
+        for content in stores:
+            await content.aclose()
     log.info("unmounted %s", config.mountpoint)
+
+
+async def _serve_with(
+    config: Config, on_ready: Callable[[], None], stores: list[ContentStore]
+) -> None:
+    async with open_http_client() as http, trio.open_nursery() as nursery:
+        api = ApiClient(http, config.api_url, config.credentials)
+        mount: _Mount | None = None
+
+        async def handle(request: dict[str, Any]) -> dict[str, Any]:
+            if mount is None:
+                return {"error": "still starting"}
+            return await mount.handle(request)
+
+        await nursery.start(serve_control, config.mountpoint, handle)
+        builds = await api.list_builds()
+        content = ContentStore(api, config.cache_dir, nursery, max_bytes=config.cache_max_size)
+        stores.append(content)
+        tree = Tree(api, content, dir_ttl=config.dir_ttl, attr_ttl=config.attr_ttl)
+        tree.seed_builds(builds)
+        mount = _Mount(config, api, content, tree)
+        try:
+            pyfuse3.init(
+                _operations(config, tree), os.fspath(config.mountpoint), _mount_options(config)
+            )
+        except RuntimeError as exc:
+            raise MountError(
+                f"the kernel refused to mount {config.mountpoint}: {exc} "
+                "(a -o option it does not know?)"
+            ) from exc
+        try:
+            nursery.start_soon(_handle_signals, mount)
+            await trio.to_thread.run_sync(raise_readahead, config.mountpoint)
+            log.info("mounted %s on %s", config.api_url, config.mountpoint)
+            on_ready()
+            notify_systemd(f"READY=1\nSTATUS=serving {config.api_url} on {config.mountpoint}")
+            await pyfuse3.main()
+        finally:
+            notify_systemd("STOPPING=1")
+            pyfuse3.close(unmount=True)
+            nursery.cancel_scope.cancel()
+
+
+#: The kernel's readahead for the mount: FUSE's largest read request (max_pages), 1 MiB.
+READAHEAD_KB = 1024
+
+
+def raise_readahead(mountpoint: Path) -> None:
+    """Let the kernel read ahead 1 MiB instead of its default 128 KiB, so that sequential
+    reads come as 1 MiB requests: an eighth of the round trips through the daemon.
+
+    The setting is the mount's backing device's ``read_ahead_kb`` in sysfs, which only root
+    may write; otherwise the default stays (``scripts/`` and the README say how to set it).
+    The device is found in /proc/self/mountinfo: a stat() of the mount point would be a
+    request to this very daemon, which is not serving yet.
+    """
+    try:
+        entry = mount_entry(mountpoint)
+        if entry is not None:
+            Path("/sys/class/bdi", entry[0], "read_ahead_kb").write_text(f"{READAHEAD_KB}\n")
+    except OSError as exc:
+        log.debug("kernel readahead left at its default: %s", exc)

@@ -153,6 +153,8 @@ def emulator(emulator_server: tuple[Emulator, str]) -> Iterator[Emulator]:
         yield emu
     finally:
         emu.config = original
+        emu.clear_failures()
+        emu.reset_data()
 
 
 @pytest.fixture

@@ -590,7 +590,7 @@ async def test_probe_of_a_forbidden_download(emulator: Emulator) -> None:
             await api.probe_download(download_id)
 
 
-async def test_probe_falls_back_on_501_and_never_reads_the_body() -> None:
+async def test_probe_falls_back_on_501_and_reads_only_the_one_byte_range() -> None:
     body_reads: list[bool] = []
 
     class Body(httpx.AsyncByteStream):
@@ -608,6 +608,25 @@ async def test_probe_falls_back_on_501_and_never_reads_the_body() -> None:
         info = await api.probe_download(1)
     assert (info.size, info.accepts_ranges) == (12345, True)
     assert api.requests == {"HEAD /api/v1/downloads/:id": 1, "GET /api/v1/downloads/:id": 1}
+    assert body_reads == [True]  # one byte, read so that the connection can be reused
+
+
+async def test_probe_never_reads_a_whole_body_from_a_server_ignoring_range() -> None:
+    body_reads: list[bool] = []
+
+    class Body(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            body_reads.append(True)
+            yield b"P" * 12345
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "HEAD":
+            return httpx.Response(405)
+        return httpx.Response(200, headers={"Content-Length": "12345"}, stream=Body())
+
+    async with open_api(handler) as api:
+        info = await api.probe_download(1)
+    assert (info.size, info.accepts_ranges) == (12345, False)
     assert not body_reads
 
 

@@ -1,18 +1,93 @@
-"""Config validation, secret files, and the daemon hand-off."""
+"""Settings: values, layers and their precedence, the config file and its profiles, secrets,
+and the daemon hand-off."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mkwfs.cli import _config_from_args, _parser
-from mkwfs.config import Config, read_secret_file
+from mkwfs.config import (
+    MASK,
+    OPTIONS,
+    Config,
+    describe,
+    login_token_path,
+    parse_bool,
+    parse_size,
+    parse_umask,
+    read_secret_file,
+    resolve,
+    split_raw_options,
+)
 from mkwfs.errors import ConfigError
+
+MOUNT_NAMES = [o.name for o in OPTIONS]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """XDG_CONFIG_HOME and XDG_CACHE_HOME in tmp_path, no MKWFS_* variables of the caller."""
+    for name in list(os.environ):
+        if name.startswith("MKWFS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "config" / "mkwfs").mkdir(parents=True)
+    yield tmp_path
+
+
+def write_config(home: Path, text: str) -> Path:
+    path = home / "config" / "mkwfs" / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def settings_of(argv: list[str], env: dict[str, str] | None = None) -> dict[str, object]:
+    args = _parser().parse_args(["config", *argv])
+    flags = {name: getattr(args, name) for name in MOUNT_NAMES}
+    settings, _ = resolve(
+        flags=flags, raw_options=args.raw_options, env=env or {}, names=MOUNT_NAMES
+    )
+    return {name: s.value for name, s in settings.items()}
+
+
+# -- values ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1048576", 2**20), ("500M", 500 * 2**20), ("10G", 10 * 2**30), ("1.5GiB", 3 * 2**29),
+     ("2k", 2048), ("1T", 2**40), ("7 MB", 7 * 2**20)],
+)  # fmt: skip
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "ten", "10X", "-1G", "1.2.3M"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(ValueError, match="size"):
+        parse_size(text)
+
+
+def test_umask_and_bool() -> None:
+    assert parse_umask("027") == 0o27
+    assert parse_umask(22) == 0o22  # a TOML number reads as octal digits
+    assert parse_umask("0o077") == 0o77
+    for bad in ("8", "1000", "rwx"):
+        with pytest.raises(ValueError):
+            parse_umask(bad)
+    assert parse_bool("yes") is parse_bool(True) is parse_bool("1") is True
+    assert parse_bool("off") is parse_bool(False) is False
+    with pytest.raises(ValueError):
+        parse_bool("maybe")
 
 
 def test_credentials_are_required_unless_demo(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no credentials"):
+    with pytest.raises(ConfigError, match="no credentials: run `mkwfs login`"):
         Config(mountpoint=tmp_path)
     with pytest.raises(ConfigError, match="needs a password"):
         Config(mountpoint=tmp_path, email="a@b.c")
@@ -35,7 +110,10 @@ def test_negative_ttls_are_refused(tmp_path: Path) -> None:
 
 
 def test_secrets_stay_out_of_repr_but_survive_the_hand_off(tmp_path: Path) -> None:
-    config = Config(mountpoint=tmp_path, token="tok-SECRET", email="a@b.c", password="pw-SECRET")
+    config = Config(
+        mountpoint=tmp_path, token="tok-SECRET", email="a@b.c", password="pw-SECRET",
+        fuse_options=("max_read=131072",), umask=0o27, cache_max_size=2**30,
+    )  # fmt: skip
     assert "SECRET" not in repr(config)
     assert "SECRET" not in repr(config.credentials)
     again = Config.from_json(config.to_json())
@@ -56,27 +134,130 @@ def test_secret_files(tmp_path: Path) -> None:
     assert "abc" not in str(info.value)
 
 
-def test_flags_win_over_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    token_file = tmp_path / "token"
+# -- layers ----------------------------------------------------------------------------------
+
+
+def test_flags_win_over_the_environment(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token_file = home / "token"
     token_file.write_text("from-file\n")
     monkeypatch.setenv("MKWFS_TOKEN", "from-env")
     monkeypatch.setenv("MKWFS_API_URL", "https://env.example")
-    monkeypatch.setenv("MKWFS_CACHE_DIR", str(tmp_path / "env-cache"))
-    args = _parser().parse_args(["mount", str(tmp_path), "--token-file", str(token_file)])
+    monkeypatch.setenv("MKWFS_CACHE_DIR", str(home / "env-cache"))
+    args = _parser().parse_args(["mount", str(home), "--token-file", str(token_file)])
     config = _config_from_args(args)
     assert config.token == "from-file"
+    assert config.token_source == f"--token-file ({token_file})"
     assert config.api_url == "https://env.example"
-    assert config.cache_dir == tmp_path / "env-cache"
+    assert config.cache_dir == home / "env-cache"
     args = _parser().parse_args(
-        ["mount", str(tmp_path), "--api-url", "http://flag.example/", "--cache-dir", "rel"]
+        ["mount", str(home), "--api-url", "http://flag.example/", "--cache-dir", "rel"]
     )
     config = _config_from_args(args)
     assert config.token == "from-env"
+    assert config.token_source == "MKWFS_TOKEN"
     assert config.api_url == "http://flag.example"
     assert config.cache_dir.is_absolute()
 
 
-def test_a_missing_mountpoint_is_a_config_error(tmp_path: Path) -> None:
-    args = _parser().parse_args(["mount", str(tmp_path / "nope")])
-    with pytest.raises(ConfigError, match="not an existing directory"):
-        _config_from_args(args)
+def test_precedence_flag_then_o_then_env_then_profile_then_file(home: Path) -> None:
+    write_config(
+        home,
+        'dir_ttl = 1\nattr_ttl = 1\numask = "007"\ncache_max_size = "1G"\ndebug = true\n'
+        '[profiles.prod]\ndir_ttl = 2\nattr_ttl = 2\numask = "077"\n'
+        '[profiles.test]\napi_url = "http://test.example"\n',
+    )
+    env = {"MKWFS_PROFILE": "prod", "MKWFS_DIR_TTL": "3", "MKWFS_ATTR_TTL": "3"}
+    got = settings_of(["-o", "dir_ttl=4,umask=027", "--dir-ttl", "5"], env)
+    assert got["dir_ttl"] == 5.0  # flag
+    assert got["umask"] == 0o27  # -o beats the profile
+    assert got["attr_ttl"] == 3.0  # environment beats the profile
+    assert got["cache_max_size"] == 2**30  # top level of the file
+    assert got["debug"] is True
+    assert "api_url" not in got  # the default
+    got = settings_of(["--profile", "test", "--no-debug"], env)  # the flag beats MKWFS_PROFILE
+    assert got["api_url"] == "http://test.example"
+    assert got["dir_ttl"] == 3.0
+    assert got["debug"] is False
+
+
+def test_the_file_can_name_its_profile_and_paths_are_relative_to_it(home: Path) -> None:
+    path = write_config(
+        home,
+        'profile = "prod"\n[profiles.prod]\ntoken_file = "prod-token"\ncache_dir = "~/c"\n',
+    )
+    (path.parent / "prod-token").write_text("prod-secret\n")
+    got = settings_of([])
+    assert got["profile"] == "prod"
+    assert got["token"] == "prod-secret"
+    assert got["cache_dir"] == Path(os.path.expanduser("~/c"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dir_tl = 1\n", "unknown setting 'dir_tl'"),
+        ('token = "abc"\n', "no secrets in the config file; use token_file"),
+        ('[profiles.x]\npassword = "abc"\n', "no secrets in the config file"),
+        ("dir_ttl = \n", "not valid TOML"),
+        ('dir_ttl = "soon"\n', "dir_ttl: expected a number of seconds"),
+        ('profile = "nope"\n[profiles.a]\n[profiles.b]\n', "no profile 'nope' in .* a, b"),
+    ],
+)
+def test_bad_config_files_name_the_problem(home: Path, text: str, message: str) -> None:
+    path = write_config(home, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        settings_of([])
+    assert str(path) in str(info.value)
+    assert "abc" not in str(info.value)
+
+
+def test_an_explicit_config_file_must_exist(home: Path) -> None:
+    assert settings_of([])["config"] == home / "config" / "mkwfs" / "config.toml"
+    with pytest.raises(ConfigError, match="does not exist"):
+        settings_of(["--config", str(home / "nope.toml")])
+    with pytest.raises(ConfigError, match="does not exist"):
+        settings_of([], {"MKWFS_CONFIG": str(home / "nope.toml")})
+
+
+def test_bad_values_name_their_source(home: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^--cache-max-size: expected a size"):
+        settings_of(["--cache-max-size", "10X"])
+    with pytest.raises(ConfigError, match=r"^MKWFS_DIR_TTL: expected a number"):
+        settings_of([], {"MKWFS_DIR_TTL": "soon"})
+    with pytest.raises(ConfigError, match=r"^-o uid: no user named"):
+        settings_of(["-o", "uid=no-such-user-here"])
+
+
+def test_raw_options_split_into_mkwfs_mount_and_fuse_options() -> None:
+    known, fuse = split_raw_options(
+        ["ro,noauto,_netdev,nofail,x-systemd.automount,api_url=http://x,allow_other",
+         "cache-max-size=10G,max_read=131072,dev,suid,comment=hi,defaults,rw"]
+    )  # fmt: skip
+    assert known == {"api_url": "http://x", "allow_other": True, "cache_max_size": "10G"}
+    assert fuse == ("max_read=131072", "dev", "suid")
+    with pytest.raises(ConfigError, match="-o token_file needs a value"):
+        split_raw_options(["token_file"])
+
+
+def test_the_login_token_is_the_last_resort(home: Path) -> None:
+    kept = login_token_path(None)
+    kept.write_text("kept-token\n")
+    got = settings_of([])
+    assert got["token"] == "kept-token"
+    assert settings_of([], {"MKWFS_TOKEN": "env-token"})["token"] == "env-token"
+    assert "token" not in settings_of(["--email", "a@b.c"])  # email: log in instead
+    login_token_path("prod").write_text("prod-token\n")
+    assert settings_of(["--profile", "prod"])["token"] == "prod-token"
+
+
+def test_describe_masks_every_secret(home: Path) -> None:
+    (home / "pw").write_text("pw-SECRET\n")
+    args = _parser().parse_args(["config", "--email", "a@b.c", "--password-file", str(home / "pw")])
+    flags = {name: getattr(args, name) for name in MOUNT_NAMES}
+    settings, _ = resolve(flags=flags, env={"MKWFS_TOKEN": "tok-SECRET"}, names=MOUNT_NAMES)
+    rows = {name: (value, source) for name, value, source in describe(settings, MOUNT_NAMES)}
+    assert rows["token"] == (MASK, "MKWFS_TOKEN")
+    assert rows["password"][0] == MASK
+    assert rows["email"] == ("a@b.c", "--email")
+    assert rows["dir_ttl"] == ("60", "default")
+    assert "SECRET" not in repr(rows)

@@ -10,9 +10,10 @@ How reads become requests
     ``Range``, fetches only a window: the tail of the file for reads near its end (where
     ZIPs keep their directory), the member it falls in once the ZIP's directory is known
     (``ziphints``), else ``_RANDOM_WINDOW`` bytes; a reader that carries on where a window
-    ended gets an open-ended fetch. An open-ended fetch runs at most ``_READAHEAD`` bytes
-    ahead of what readers asked for, and stops where the bytes on disk begin. A server that
-    ignores ``Range`` gets one sequential download per body, never several.
+    ended (or the kernel reading ahead past a member) gets a window twice as large, up to
+    ``_MAX_WINDOW``. The open-ended fetch runs at most ``_READAHEAD`` bytes ahead of what
+    readers asked for, and stops where the bytes on disk begin. A server that ignores
+    ``Range`` gets one sequential download per body, never several.
 
 Failures
     Transient failures (connection lost, timeouts, 429, 502/503/504, a body cut short) are
@@ -39,7 +40,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -72,13 +74,17 @@ _READAHEAD = 32 * _MiB
 #: An open-ended fetch that waited this long for readers closes its connection.
 _IDLE_CLOSE = 10.0
 #: What a read in the middle of a body fetches when nothing better is known.
-_RANDOM_WINDOW = 256 * 1024
+_RANDOM_WINDOW = 128 * 1024
+#: Windows double while a reader goes on, up to this.
+_MAX_WINDOW = 32 * _MiB
 #: A read within this many bytes of the end fetches all of them (ZIP directories live there).
 _TAIL_WINDOW = 256 * 1024
 #: A member-sized fetch is at least this long (small members are fetched together).
 _MIN_FETCH = 64 * 1024
 #: Bytes written between two records of what is on disk (``.map``).
 _MAP_INTERVAL = 16 * _MiB
+#: A partial body unused this long is closed (its map recorded).
+_IDLE_REST = 5.0
 #: A body used this recently is not evicted (it is probably still being read).
 _EVICTION_GRACE = 2.0
 #: Backoff between retries of a fetch (its attempts are bounded by ``stall_timeout``).
@@ -133,8 +139,8 @@ class _Body:
         self.fetches: list[_Fetch] = []
         #: The furthest byte any reader asked for: open-ended fetches stay near it.
         self.demand = 0
-        #: Where finished small windows ended: a read there is a reader going on.
-        self.streaks: set[int] = set()
+        #: Where planned windows end, and their sizes: a read there is a reader going on.
+        self.streaks: dict[int, int] = {}
         #: Offsets where ZIP members begin, once the directory was read (see ziphints).
         self.boundaries: list[int] | None = None
         #: Bytes on disk as last recorded in the ``.map`` file.
@@ -142,6 +148,7 @@ class _Body:
         self.users = 0
         #: Set while the body is being finished or closed; ``rested`` fires after.
         self.resting = False
+        self.rest_planned = False
         self.rested = trio.Event()
         self._changed = trio.Event()
 
@@ -180,7 +187,7 @@ class ContentStore:
         self._sizes: dict[int, int] = {}
         self._complete: set[int] = set()
         self._bodies: dict[int, _Body] = {}
-        self._body_flights = SingleFlight[int, _Body | None]()
+        self._body_flights = SingleFlight[int, None]()
         self._size_flights = SingleFlight[int, int]()
         self._probe_limiter = trio.CapacityLimiter(_CONCURRENT_PROBES)
         self._queued: set[int] = set()
@@ -188,6 +195,14 @@ class ContentStore:
         self.ranges: bool | None = None
         #: Bytes on disk per download id and when it was last used (None: not scanned yet).
         self._usage: dict[int, tuple[int, float]] | None = None
+
+    async def aclose(self) -> None:
+        """Record what is on disk of every partial body and close it, so that a remount
+        resumes where this mount stopped. Call it after cancelling the fetches."""
+        with trio.CancelScope(shield=True):
+            for body in list(self._bodies.values()):
+                if not body.resting:
+                    await self._put_to_rest(body)
 
     def stats(self) -> ContentStats:
         """A snapshot of the counters."""
@@ -254,18 +269,14 @@ class ContentStore:
             await self._remember_size(download_id, info.size)
             return info.size
         # The server tells the size only with the body: take the body, once.
-        body = await self._open_body(download_id)
-        if body is None:  # Completed meanwhile.
-            return await trio.to_thread.run_sync(lambda: self._path(download_id).stat().st_size)
-        body.users += 1
-        try:
+        async with self._using(download_id) as body:
+            if body is None:  # Completed meanwhile.
+                path = self._path(download_id)
+                return await trio.to_thread.run_sync(lambda: path.stat().st_size)
             body.demand = _EVERYTHING
             while body.size is None:
-                await self._wait_for_progress(body, self._fetch_for(body, 0))
+                await self._wait_for_progress(body, self._fetch_for(body, 0, 1))
             return body.size
-        finally:
-            body.users -= 1
-            await self._settle(body)
 
     def _stored_size(self, download_id: int) -> int | None:
         try:
@@ -302,14 +313,9 @@ class ContentStore:
             end = min(offset + length, size)
             if offset >= end:
                 return b""
-            body = await self._open_body(download_id)
-            if body is not None:
-                body.users += 1
-                try:
+            async with self._using(download_id) as body:
+                if body is not None:
                     await self._wait_for(body, offset, end)
-                finally:
-                    body.users -= 1
-                    await self._settle(body)
         self._touch(download_id)
         try:
             return await trio.to_thread.run_sync(
@@ -322,17 +328,33 @@ class ContentStore:
         except OSError as exc:
             raise ContentError(f"cannot read cached download {download_id}: {exc}") from exc
 
-    async def _open_body(self, download_id: int) -> _Body | None:
-        """The body in progress, loaded from disk if need be; None once it is complete."""
-        while (body := self._bodies.get(download_id)) is not None:
-            if not body.resting:
-                return body
-            await body.rested.wait()
-        return await self._body_flights.run(download_id, lambda: self._load_body(download_id))
+    @asynccontextmanager
+    async def _using(self, download_id: int) -> AsyncIterator[_Body | None]:
+        """The body in progress, loaded from disk if need be, held (``users``) so that it is
+        not put to rest meanwhile; None once it is complete."""
+        while True:
+            body = self._bodies.get(download_id)
+            if body is None:
+                if download_id in self._complete:
+                    break
+                await self._body_flights.run(download_id, lambda: self._load_body(download_id))
+            elif body.resting:
+                await body.rested.wait()
+            else:
+                body.users += 1  # no checkpoint between the look and the hold
+                break
+        if body is None:
+            yield None
+            return
+        try:
+            yield body
+        finally:
+            body.users -= 1
+            await self._settle(body)
 
-    async def _load_body(self, download_id: int) -> _Body | None:
-        if download_id in self._complete:
-            return None
+    async def _load_body(self, download_id: int) -> None:
+        if download_id in self._complete or download_id in self._bodies:
+            return
         try:
             state = await trio.to_thread.run_sync(
                 _load_part,
@@ -344,11 +366,9 @@ class ContentStore:
             raise ContentError(f"cannot open the cache of download {download_id}: {exc}") from exc
         if state is None:
             self._complete.add(download_id)
-            return None
+            return
         fd, extents = state
-        body = _Body(download_id, fd, extents, self._sizes.get(download_id))
-        self._bodies[download_id] = body
-        return body
+        self._bodies[download_id] = _Body(download_id, fd, extents, self._sizes.get(download_id))
 
     async def _wait_for(self, body: _Body, offset: int, end: int) -> None:
         """Return once ``[offset, end)`` is on disk; raise when it cannot be had."""
@@ -358,7 +378,7 @@ class ContentStore:
         while (gap := body.extents.first_gap(offset, end)) is not None:
             if not any(f.serves(gap[0]) for f in body.fetches):
                 await self._learn_layout(body)
-            await self._wait_for_progress(body, self._fetch_for(body, gap[0]))
+            await self._wait_for_progress(body, self._fetch_for(body, gap[0], end))
 
     async def _wait_for_progress(self, body: _Body, fetch: _Fetch) -> None:
         """Wait for the body to change; raise if ``fetch`` failed, or nothing came in time."""
@@ -372,12 +392,13 @@ class ContentStore:
                 url=f"/api/v1/downloads/{body.download_id}",
             )
 
-    def _fetch_for(self, body: _Body, offset: int) -> _Fetch:
-        """The fetch that will bring the byte at ``offset``: a running one, or a new one."""
+    def _fetch_for(self, body: _Body, offset: int, until: int) -> _Fetch:
+        """The fetch that will bring the byte at ``offset`` (for a read that needs the bytes
+        up to ``until``): a running one, or a new one."""
         for fetch in body.fetches:
             if fetch.serves(offset) or (self.ranges is False and not fetch.done):
                 return fetch
-        start, end = self._plan(body, offset)
+        start, end = self._plan(body, offset, until)
         log.debug("download %d: fetching %d-%s for a read at %d", body.download_id, start,
                   "" if end is None else end, offset)  # fmt: skip
         fetch = _Fetch(start, end)
@@ -385,26 +406,40 @@ class ContentStore:
         self._nursery.start_soon(self._run_fetch, body, fetch)
         return fetch
 
-    def _plan(self, body: _Body, offset: int) -> tuple[int, int | None]:
-        """Which range to fetch for a read whose first missing byte is ``offset``."""
+    def _plan(self, body: _Body, offset: int, until: int) -> tuple[int, int | None]:
+        """Which range to fetch for a read whose first missing byte is ``offset`` and that
+        needs the bytes up to ``until``."""
         size = body.size
         if size is None or self.ranges is False:
             return 0, None
         limit = body.extents.missing_until(offset, size)
-        window = offset, min(offset + _RANDOM_WINDOW, limit)
+        for fetch in body.fetches:  # nor what a running fetch is about to bring
+            if fetch.start > offset:
+                limit = min(limit, fetch.start)
         tail = max(size - _TAIL_WINDOW, 0)
         if offset >= tail:
             return body.extents.missing_since(offset, tail), limit
-        if offset > 0 and body.extents.present_until(offset - 1) == offset:
-            # Right after bytes on disk: a reader going on, or the kernel reading ahead past
-            # what it wanted. A small window first; open-ended once it goes on again.
-            return (offset, None) if offset in body.streaks else window
+        going_on = offset in body.streaks or body.extents.present_until(offset - 1) == offset
+        if offset > 0 and going_on:
+            # After a window, a member or bytes on disk: a reader going on, or the kernel
+            # reading ahead past what was wanted. Small at first, twice as large each time.
+            grown = min(max(2 * body.streaks.get(offset, 0), _RANDOM_WINDOW), _MAX_WINDOW)
+            return self._window(body, offset, min(offset + grown, limit))
         if body.boundaries is not None:
-            for boundary in body.boundaries:
-                if boundary >= offset + _MIN_FETCH:
-                    return offset, min(boundary, limit)
-            return offset, limit
-        return (offset, None) if offset == 0 else window
+            # To the end of the member that the read ends in (the kernel reads whole pages,
+            # so a read may begin in the member before), but at least _MIN_FETCH.
+            member_end = next((b for b in body.boundaries if b >= until), limit)
+            end = min(max(member_end, offset + _MIN_FETCH), limit)
+            body.streaks[end] = 0  # past the member: start small again
+            return offset, end
+        if offset == 0:
+            return 0, None
+        return self._window(body, offset, min(offset + _RANDOM_WINDOW, limit))
+
+    @staticmethod
+    def _window(body: _Body, start: int, end: int) -> tuple[int, int]:
+        body.streaks[end] = end - start  # a read there will be one going on
+        return start, end
 
     # -- fetches -----------------------------------------------------------------------------
 
@@ -460,8 +495,6 @@ class ContentStore:
         finally:
             fetch.done = True
             body.fetches.remove(fetch)
-            if fetch.end is not None and fetch.end - fetch.start <= _RANDOM_WINDOW:
-                body.streaks.add(fetch.end)
             body.notify()
             await self._settle(body)
 
@@ -497,20 +530,22 @@ class ContentStore:
 
         async def write_batches(cancel: trio.CancelScope) -> None:
             try:
-                async with receive:
-                    async for chunk in receive:
-                        batch = [chunk]
-                        while True:
-                            try:
-                                batch.append(receive.receive_nowait())
-                            except (trio.WouldBlock, trio.EndOfChannel):
-                                break
-                        await self._write(body, fetch, b"".join(batch))
-                        if self._finished(body, fetch):
+                async for chunk in receive:
+                    batch = [chunk]
+                    while True:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
                             break
+                    await self._write(body, fetch, b"".join(batch))
+                    if self._finished(body, fetch):
+                        break
             except OSError as exc:
                 failure.append(exc)
-            cancel.cancel()
+            finally:
+                # Stop the network side before it can see the channel closed.
+                cancel.cancel()
+                receive.close()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(write_batches, nursery.cancel_scope)
@@ -586,14 +621,29 @@ class ContentStore:
         body.mapped = sum(e - s for s, e in ranges)
 
     async def _settle(self, body: _Body) -> None:
-        """After a fetch or a read: finish a complete body, or put an idle one to rest."""
+        """After a fetch or a read: finish a complete body now; put a partial one to rest
+        once nobody used it for ``_IDLE_REST`` seconds (reopening it costs disk work)."""
         if body.fetches or body.users or body.resting:
             return
-        with trio.CancelScope(shield=True):
-            await self._put_to_rest(body)
+        if body.complete:
+            with trio.CancelScope(shield=True):
+                await self._put_to_rest(body)
+        elif not body.rest_planned:
+            body.rest_planned = True
+            self._nursery.start_soon(self._rest_when_idle, body)
+
+    async def _rest_when_idle(self, body: _Body) -> None:
+        idle_since = trio.current_time()
+        while not body.resting:
+            await trio.sleep_until(idle_since + _IDLE_REST)
+            if body.fetches or body.users:
+                idle_since = trio.current_time()
+            elif not body.resting:
+                with trio.CancelScope(shield=True):
+                    await self._put_to_rest(body)
 
     async def _put_to_rest(self, body: _Body) -> None:
-        """Finish or close a body. Meanwhile ``_open_body`` waits for it, so nobody uses a
+        """Finish or close a body. Meanwhile ``_using`` waits for it, so nobody uses a
         descriptor being closed or loads a map being written."""
         download_id = body.download_id
         body.resting = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -36,7 +38,7 @@ def test_merging_examples() -> None:
 def test_ranges_are_sorted_disjoint_and_exact(added: list[tuple[int, int]]) -> None:
     extents = Extents(added)
     result = extents.ranges
-    for (_, e1), (s2, _) in zip(result, result[1:], strict=False):
+    for (_, e1), (s2, _) in pairwise(result):
         assert e1 < s2  # disjoint and not touching: touching ones merge
     assert all(s < e for s, e in result)
     assert model(result) == model(added)

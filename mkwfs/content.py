@@ -27,7 +27,7 @@ Layout of ``<cache dir>/content``
     ``<id>.part``  a body in progress (sparse);
     ``<id>.map``   which ranges of ``<id>.part`` are on disk, written after syncing them, so
                    after a crash only bytes that were really written are trusted;
-    ``<id>.size``  the body's size, as decimal text.
+    ``sizes``      a log of sizes, a line ``<id> <size>`` each, appended as they are learnt.
     With ``max_bytes``, the least recently used bodies are deleted (their sizes are kept)
     while the bodies take more; a body being read or fetched is never deleted.
 """
@@ -40,10 +40,11 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -79,6 +80,8 @@ _RANDOM_WINDOW = 128 * 1024
 _MAX_WINDOW = 32 * _MiB
 #: A read within this many bytes of the end fetches all of them (ZIP directories live there).
 _TAIL_WINDOW = 256 * 1024
+#: What a member-sized fetch takes past the member, for the kernel's readahead.
+_SPILL = 512 * 1024
 #: A member-sized fetch is at least this long (small members are fetched together).
 _MIN_FETCH = 64 * 1024
 #: Bytes written between two records of what is on disk (``.map``).
@@ -185,6 +188,11 @@ class ContentStore:
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._nursery = nursery
         self._sizes: dict[int, int] = {}
+        self._sizes_loaded = False
+        self._load_flight = SingleFlight[None, None]()
+        self._size_log = self._dir / "sizes"
+        self._prefix = f"{os.fspath(self._dir)}/"
+        self._unsaved_sizes: list[tuple[int, int]] = []
         self._complete: set[int] = set()
         self._bodies: dict[int, _Body] = {}
         self._body_flights = SingleFlight[int, None]()
@@ -197,12 +205,14 @@ class ContentStore:
         self._usage: dict[int, tuple[int, float]] | None = None
 
     async def aclose(self) -> None:
-        """Record what is on disk of every partial body and close it, so that a remount
-        resumes where this mount stopped. Call it after cancelling the fetches."""
+        """Record what is on disk of every partial body and close it, and the sizes not yet
+        stored, so that a remount resumes where this mount stopped. Call it after the fetches
+        stopped (the nursery given to the store is done)."""
         with trio.CancelScope(shield=True):
             for body in list(self._bodies.values()):
                 if not body.resting:
                     await self._put_to_rest(body)
+            await self._save_sizes()
 
     def stats(self) -> ContentStats:
         """A snapshot of the counters."""
@@ -210,8 +220,9 @@ class ContentStore:
             self._stats.cached_bytes = sum(b for b, _ in self._usage.values())
         return replace(self._stats)
 
-    def _path(self, download_id: int, suffix: str = "") -> Path:
-        return self._dir / f"{download_id}{suffix}"
+    def _path(self, download_id: int, suffix: str = "") -> str:
+        # A plain string: pathlib costs more than the read it names, on the hot path.
+        return f"{self._prefix}{download_id}{suffix}"
 
     # -- sizes -----------------------------------------------------------------------------
 
@@ -226,16 +237,22 @@ class ContentStore:
             return known
         return await self._size_flights.run(download_id, lambda: self._find_size(download_id))
 
-    async def load_stored_sizes(self, download_ids: Iterable[int]) -> None:
-        """Learn the sizes the disk cache holds for these downloads, in one thread hop, so a
-        listing after a remount can carry every size without a probe."""
-        wanted = [i for i in download_ids if i not in self._sizes]
-        if not wanted:
-            return
-        stored = await trio.to_thread.run_sync(lambda: [self._stored_size(i) for i in wanted])
-        for download_id, size in zip(wanted, stored, strict=True):
-            if size is not None:
-                self._sizes[download_id] = size
+    async def load_stored_sizes(self) -> None:
+        """Learn the sizes the disk cache holds (once per store, in one thread hop), so that
+        a listing after a remount carries every size without a probe."""
+        if not self._sizes_loaded:
+            await self._load_flight.run(None, self._load_sizes)
+
+    async def _load_sizes(self) -> None:
+        if not self._sizes_loaded:
+            try:
+                stored = await trio.to_thread.run_sync(_read_sizes, self._dir, self._size_log)
+            except OSError as exc:
+                log.warning("cannot read the stored sizes in %s: %s", self._dir, exc)
+                stored = {}
+            for download_id, size in stored.items():
+                self._sizes.setdefault(download_id, size)
+            self._sizes_loaded = True
 
     def prefetch_sizes(self, download_ids: Iterable[int]) -> None:
         """Probe these sizes in the background, a bounded number at a time. A ``size`` call
@@ -243,7 +260,7 @@ class ContentStore:
         wanted = [i for i in download_ids if i not in self._sizes and i not in self._queued]
         if wanted:
             self._queued.update(wanted)
-            self._nursery.start_soon(self._probe_all, wanted)
+            self._nursery.start_soon(_guarded, self._probe_all, wanted)
 
     async def _probe_all(self, download_ids: list[int]) -> None:
         async def probe(download_id: int) -> None:
@@ -260,9 +277,9 @@ class ContentStore:
                 nursery.start_soon(probe, download_id)
 
     async def _find_size(self, download_id: int) -> int:
-        stored = await trio.to_thread.run_sync(self._stored_size, download_id)
+        await self.load_stored_sizes()
+        stored = self._sizes.get(download_id)
         if stored is not None:
-            self._sizes[download_id] = stored
             return stored
         info = await self._api.probe_download(download_id)
         if info.size is not None:
@@ -271,53 +288,50 @@ class ContentStore:
         # The server tells the size only with the body: take the body, once.
         async with self._using(download_id) as body:
             if body is None:  # Completed meanwhile.
-                path = self._path(download_id)
-                return await trio.to_thread.run_sync(lambda: path.stat().st_size)
+                return await trio.to_thread.run_sync(os.path.getsize, self._path(download_id))
             body.demand = _EVERYTHING
             while body.size is None:
                 await self._wait_for_progress(body, self._fetch_for(body, 0, 1))
             return body.size
 
-    def _stored_size(self, download_id: int) -> int | None:
-        try:
-            return self._path(download_id).stat().st_size
-        except FileNotFoundError:
-            pass
-        try:
-            text = self._path(download_id, ".size").read_text(encoding="ascii")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            log.warning("cannot read the stored size of download %d: %s", download_id, exc)
-            return None
-        return int(text) if text.strip().isdigit() else None
-
     async def _remember_size(self, download_id: int, size: int) -> None:
+        """Keep a size, in memory now and in the size log soon: sizes found together (a
+        directory's probes) are appended together, in one thread hop."""
         if self._sizes.get(download_id) == size:
             return
         self._sizes[download_id] = size
-        try:
-            await trio.to_thread.run_sync(
-                _write_atomically, self._path(download_id, ".size"), str(size).encode()
-            )
-        except OSError as exc:
-            log.warning("cannot store the size of download %d: %s", download_id, exc)
+        self._unsaved_sizes.append((download_id, size))
+        if len(self._unsaved_sizes) == 1:
+            self._nursery.start_soon(_guarded, self._save_sizes)
+
+    async def _save_sizes(self) -> None:
+        await trio.lowlevel.checkpoint()  # let the sizes of concurrent probes gather
+        while self._unsaved_sizes:
+            lines = "".join(f"{i} {size}\n" for i, size in self._unsaved_sizes).encode()
+            self._unsaved_sizes.clear()
+            try:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(_append, self._size_log, lines)
+            except OSError as exc:
+                log.warning("cannot store sizes in %s: %s", self._size_log, exc)
 
     # -- reads -------------------------------------------------------------------------------
 
     async def read(self, download_id: int, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset``; fewer only at the end of the body."""
         self._stats.reads += 1
-        if download_id not in self._complete:
-            size = await self.size(download_id)
-            end = min(offset + length, size)
-            if offset >= end:
-                return b""
-            async with self._using(download_id) as body:
-                if body is not None:
-                    await self._wait_for(body, offset, end)
         self._touch(download_id)
         try:
+            if download_id not in self._complete:
+                size = await self.size(download_id)
+                end = min(offset + length, size)
+                if offset >= end:
+                    return b""
+                async with self._using(download_id) as body:
+                    if body is not None:
+                        await self._wait_for(body, offset, end)
+                        # Held by this read, the descriptor stays open until it is done.
+                        return await trio.to_thread.run_sync(os.pread, body.fd, length, offset)
             return await trio.to_thread.run_sync(
                 _pread_either,
                 self._path(download_id),
@@ -403,7 +417,7 @@ class ContentStore:
                   "" if end is None else end, offset)  # fmt: skip
         fetch = _Fetch(start, end)
         body.fetches.append(fetch)
-        self._nursery.start_soon(self._run_fetch, body, fetch)
+        self._nursery.start_soon(_guarded, self._run_fetch, body, fetch)
         return fetch
 
     def _plan(self, body: _Body, offset: int, until: int) -> tuple[int, int | None]:
@@ -427,9 +441,10 @@ class ContentStore:
             return self._window(body, offset, min(offset + grown, limit))
         if body.boundaries is not None:
             # To the end of the member that the read ends in (the kernel reads whole pages,
-            # so a read may begin in the member before), but at least _MIN_FETCH.
+            # so a read may begin in the member before), and _SPILL on: the kernel reads
+            # ahead past the end of what a ZIP reader wants.
             member_end = next((b for b in body.boundaries if b >= until), limit)
-            end = min(max(member_end, offset + _MIN_FETCH), limit)
+            end = min(max(member_end + _SPILL, offset + _MIN_FETCH), limit)
             body.streaks[end] = 0  # past the member: start small again
             return offset, end
         if offset == 0:
@@ -630,7 +645,7 @@ class ContentStore:
                 await self._put_to_rest(body)
         elif not body.rest_planned:
             body.rest_planned = True
-            self._nursery.start_soon(self._rest_when_idle, body)
+            self._nursery.start_soon(_guarded, self._rest_when_idle, body)
 
     async def _rest_when_idle(self, body: _Body) -> None:
         idle_since = trio.current_time()
@@ -686,7 +701,11 @@ class ContentStore:
 
     async def _evict(self) -> None:
         if self._usage is None:
-            scanned = await trio.to_thread.run_sync(_scan, self._dir)
+            try:
+                scanned = await trio.to_thread.run_sync(_scan, self._dir)
+            except OSError as exc:
+                log.warning("cannot look through the cache %s: %s", self._dir, exc)
+                return
             offset = trio.current_time() - time.time()  # wall clock -> trio clock
             self._usage = {i: (b, when + offset) for i, (b, when) in scanned.items()}
         if self.max_bytes is None:
@@ -710,20 +729,47 @@ class ContentStore:
             log.debug("evicted download %d (%d bytes)", download_id, used)
 
 
+@asynccontextmanager
+async def open_content_store(
+    api: ApiClient, cache_dir: Path, **options: Any
+) -> AsyncIterator[ContentStore]:
+    """A ``ContentStore`` with a nursery of its own for its fetches. On exit the fetches
+    stop, and what partial bodies hold is recorded for the next store (``aclose``)."""
+    store: ContentStore | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            store = ContentStore(api, cache_dir, nursery, **options)
+            yield store
+            nursery.cancel_scope.cancel()
+    finally:
+        if store is not None:
+            await store.aclose()
+
+
+async def _guarded(task: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Run a background task that must not take the mount down: an unexpected error is
+    logged, never raised into the nursery that serves every request."""
+    try:
+        await task(*args)
+    except Exception:
+        log.exception("background task %s failed", getattr(task, "__name__", task))
+
+
 def _retryable(error: ApiError) -> bool:
     """Worth another try of a body fetch: what is transient for any request, and a body
     that ended short."""
     return isinstance(error, ProtocolError) or is_transient(error)
 
 
-def _load_part(final: Path, part: Path, ranges: Path) -> tuple[int, Extents] | None:
+def _load_part(final: str, part: str, ranges: str) -> tuple[int, Extents] | None:
     """Open a partial body, trusting only the ranges its map records; None if complete."""
-    if final.exists():
+    if os.path.exists(final):
         return None
     fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     extents = Extents()
     try:
-        recorded = json.loads(ranges.read_bytes())
+        with open(ranges, "rb") as recorded_file:
+            recorded = json.load(recorded_file)
         length = os.fstat(fd).st_size
         for start, end in recorded["ranges"]:
             if isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= length:
@@ -741,24 +787,52 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         offset += written
 
 
-def _sync_and_write(fd: int, path: Path, payload: bytes) -> None:
+def _sync_and_write(fd: int, path: str, payload: bytes) -> None:
     os.fdatasync(fd)
     _write_atomically(path, payload)
 
 
-def _finish(fd: int, part: Path, final: Path, ranges: Path) -> None:
+def _finish(fd: int, part: str, final: str, ranges: str) -> None:
     """Make a complete body durable, then give it its final name."""
     try:
         os.fdatasync(fd)
     finally:
         os.close(fd)
     os.replace(part, final)
-    ranges.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(ranges)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+def _append(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _read_sizes(directory: Path, size_log: Path) -> dict[int, int]:
+    """Sizes from the size log (a torn last line is skipped), and of every complete body."""
+    sizes: dict[int, int] = {}
+    try:
+        text = size_log.read_bytes().decode("ascii", "replace")
+    except FileNotFoundError:
+        text = ""
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+            sizes[int(fields[0])] = int(fields[1])
+    for entry in os.scandir(directory):
+        if entry.name.isdigit():
+            with contextlib.suppress(FileNotFoundError):
+                sizes[int(entry.name)] = entry.stat().st_size
+    return sizes
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as file:
+        file.write(data)
     os.replace(tmp, path)
 
 
@@ -769,7 +843,10 @@ def _scan(directory: Path) -> dict[int, tuple[int, float]]:
         stem, _, suffix = entry.name.partition(".")
         if not stem.isdigit() or suffix not in ("", "part"):
             continue
-        info = entry.stat()
+        try:
+            info = entry.stat()
+        except FileNotFoundError:
+            continue  # Renamed (completed) or evicted since the listing.
         used, when = found.get(int(stem), (0, -math.inf))
         latest = max(when, info.st_atime, info.st_mtime)
         found[int(stem)] = (used + info.st_blocks * 512, latest)
@@ -781,7 +858,7 @@ def _delete_body(directory: Path, download_id: int) -> None:
         (directory / f"{download_id}{suffix}").unlink(missing_ok=True)
 
 
-def _pread_either(final: Path, part: Path, offset: int, length: int) -> bytes:
+def _pread_either(final: str, part: str, offset: int, length: int) -> bytes:
     """Read from the complete body, or from the partial one if it is not yet renamed.
 
     The rename is atomic, so one of the two names exists unless the cache was wiped.

@@ -33,7 +33,7 @@ from mkwfs import __version__
 from mkwfs.api import ApiClient
 from mkwfs.checks import mount_entry
 from mkwfs.config import Config
-from mkwfs.content import ContentStore
+from mkwfs.content import ContentStore, open_content_store
 from mkwfs.control import serve_control
 from mkwfs.errors import MkwfsError
 from mkwfs.fs import MkwfsOperations
@@ -49,12 +49,21 @@ class MountError(MkwfsError):
     """The kernel would not mount the filesystem."""
 
 
+#: FUSE options that let users other than the one who mounted into the mount.
+_OTHER_USERS = frozenset({"allow_other", "allow_root"})
+
+
 def _mount_options(config: Config) -> set[str]:
+    """The kernel's mount options. Whenever other users may enter the mount (``--allow-other``
+    or a raw ``allow_root``), ``default_permissions`` makes the kernel apply the modes, so
+    nobody reads what the modes deny them."""
     options = set(pyfuse3.default_options) | {"fsname=mkwfs", "subtype=mkwfs", "ro"}
+    options |= set(config.fuse_options)
     if config.allow_other:
-        # Other users see the mount; default_permissions makes the kernel apply the modes.
-        options |= {"allow_other", "default_permissions"}
-    return options | set(config.fuse_options)
+        options.add("allow_other")
+    if options & _OTHER_USERS:
+        options.add("default_permissions")
+    return options
 
 
 def open_http_client() -> httpx.AsyncClient:
@@ -209,19 +218,6 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 async def _serve(config: Config, on_ready: Callable[[], None]) -> None:
     config.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    stores: list[ContentStore] = []
-    try:
-        await _serve_with(config, on_ready, stores)
-    finally:
-        # Every fetch has stopped now: record what partial bodies hold, for the next mount.
-        for content in stores:
-            await content.aclose()
-    log.info("unmounted %s", config.mountpoint)
-
-
-async def _serve_with(
-    config: Config, on_ready: Callable[[], None], stores: list[ContentStore]
-) -> None:
     async with open_http_client() as http, trio.open_nursery() as nursery:
         api = ApiClient(http, config.api_url, config.credentials)
         mount: _Mount | None = None
@@ -233,8 +229,7 @@ async def _serve_with(
 
         await nursery.start(serve_control, config.mountpoint, handle)
         builds = await api.list_builds()
-        content = ContentStore(api, config.cache_dir, nursery, max_bytes=config.cache_max_size)
-        stores.append(content)
+        content = await nursery.start(_serve_content, api, config)
         tree = Tree(api, content, dir_ttl=config.dir_ttl, attr_ttl=config.attr_ttl)
         tree.seed_builds(builds)
         mount = _Mount(config, api, content, tree)
@@ -249,7 +244,7 @@ async def _serve_with(
             ) from exc
         try:
             nursery.start_soon(_handle_signals, mount)
-            await trio.to_thread.run_sync(raise_readahead, config.mountpoint)
+            nursery.start_soon(raise_readahead, config.mountpoint)
             log.info("mounted %s on %s", config.api_url, config.mountpoint)
             on_ready()
             notify_systemd(f"READY=1\nSTATUS=serving {config.api_url} on {config.mountpoint}")
@@ -258,24 +253,47 @@ async def _serve_with(
             notify_systemd("STOPPING=1")
             pyfuse3.close(unmount=True)
             nursery.cancel_scope.cancel()
+    log.info("unmounted %s", config.mountpoint)
+
+
+async def _serve_content(
+    api: ApiClient, config: Config, *, task_status: trio.TaskStatus[ContentStore]
+) -> None:
+    """Run the content store until the mount ends; then what partial bodies hold is
+    recorded, for the next mount to resume."""
+    async with open_content_store(
+        api, config.cache_dir, max_bytes=config.cache_max_size
+    ) as content:
+        task_status.started(content)
+        await trio.sleep_forever()
 
 
 #: The kernel's readahead for the mount: FUSE's largest read request (max_pages), 1 MiB.
 READAHEAD_KB = 1024
 
 
-def raise_readahead(mountpoint: Path) -> None:
+async def raise_readahead(mountpoint: Path) -> None:
     """Let the kernel read ahead 1 MiB instead of its default 128 KiB, so that sequential
     reads come as 1 MiB requests: an eighth of the round trips through the daemon.
 
     The setting is the mount's backing device's ``read_ahead_kb`` in sysfs, which only root
-    may write; otherwise the default stays (``scripts/`` and the README say how to set it).
-    The device is found in /proc/self/mountinfo: a stat() of the mount point would be a
-    request to this very daemon, which is not serving yet.
+    may write; otherwise the default stays (the README says how to set it). The kernel caps
+    it when it handles FUSE's INIT, the first request the main loop answers: so it is set
+    after that, and checked again a little later. The device comes from
+    /proc/self/mountinfo, as a stat() of the mount point would be a request to this daemon.
     """
-    try:
-        entry = mount_entry(mountpoint)
-        if entry is not None:
-            Path("/sys/class/bdi", entry[0], "read_ahead_kb").write_text(f"{READAHEAD_KB}\n")
-    except OSError as exc:
-        log.debug("kernel readahead left at its default: %s", exc)
+    for delay in (0.05, 0.5, 2.0):
+        await trio.sleep(delay)
+        try:
+            await trio.to_thread.run_sync(_set_readahead, mountpoint)
+        except OSError as exc:
+            log.debug("kernel readahead left at its default: %s", exc)
+            return
+
+
+def _set_readahead(mountpoint: Path) -> None:
+    entry = mount_entry(mountpoint)
+    if entry is not None:
+        setting = Path("/sys/class/bdi", entry[0], "read_ahead_kb")
+        if setting.read_text().strip() != str(READAHEAD_KB):
+            setting.write_text(f"{READAHEAD_KB}\n")

@@ -323,7 +323,7 @@ class Tree:
             final = self._fresh_build(build).is_final
             downloads = await self._api.list_downloads(build.id)
             mine = [d for d in downloads if d.build_id in (None, build.id) and d.id < _ID_LIMIT]
-            await self._content.load_stored_sizes(d.id for d in mine)
+            await self._content.load_stored_sizes()
             return dict(file_names(mine)), final
 
         return await self._listings.get(build.id, load)

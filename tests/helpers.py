@@ -8,10 +8,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-import trio
 
 from mkwfs.api import ApiClient, Credentials, RetryPolicy
-from mkwfs.content import ContentStore
+from mkwfs.content import ContentStore, open_content_store
 from mkwfs.emulator import Emulator
 from mkwfs.tree import Tree
 
@@ -31,16 +30,13 @@ async def open_api(emulator: Emulator) -> AsyncIterator[ApiClient]:
 
 @asynccontextmanager
 async def open_content(emulator: Emulator, cache_dir: Path) -> AsyncIterator[ContentStore]:
-    async with open_api(emulator) as api, trio.open_nursery() as nursery:
-        yield ContentStore(api, cache_dir, nursery)
-        nursery.cancel_scope.cancel()
+    async with open_api(emulator) as api, open_content_store(api, cache_dir) as content:
+        yield content
 
 
 @asynccontextmanager
 async def open_tree(
     emulator: Emulator, cache_dir: Path, *, dir_ttl: float = 10.0, attr_ttl: float = 20.0
 ) -> AsyncIterator[Tree]:
-    async with open_api(emulator) as api, trio.open_nursery() as nursery:
-        content = ContentStore(api, cache_dir, nursery)
+    async with open_api(emulator) as api, open_content_store(api, cache_dir) as content:
         yield Tree(api, content, dir_ttl=dir_ttl, attr_ttl=attr_ttl, mount_time=1_000_000.0)
-        nursery.cancel_scope.cancel()

@@ -18,7 +18,7 @@ import trio
 
 from mkwfs import content
 from mkwfs.api import ApiClient, Credentials, RetryPolicy
-from mkwfs.content import ContentStore
+from mkwfs.content import ContentStore, open_content_store
 from mkwfs.emulator import BIG_ZIP, DEMO_BUILD, Emulator, EmulatorConfig, serve_in_thread
 from mkwfs.errors import ProtocolError, ServerError, TransportError
 
@@ -42,10 +42,10 @@ def base_url(emulator: Emulator) -> Iterator[str]:
 async def open_store(
     emulator: Emulator, url: str, cache: Path, **options: Any
 ) -> AsyncIterator[ContentStore]:
-    async with httpx.AsyncClient() as http, trio.open_nursery() as nursery:
+    async with httpx.AsyncClient() as http:
         api = ApiClient(http, url, Credentials(token=emulator.issue_token()), RetryPolicy(1))
-        yield ContentStore(api, cache, nursery, **options)
-        nursery.cancel_scope.cancel()
+        async with open_content_store(api, cache, **options) as store:
+            yield store
 
 
 def configure(emulator: Emulator, **changes: object) -> None:
@@ -300,7 +300,7 @@ async def test_the_cache_stays_within_max_bytes(
         assert stats.cached_bytes <= limit
         on_disk = {p.name for p in (tmp_path / "cache" / "content").iterdir()}
         assert str(downloads[0]) not in on_disk  # the least recently used went first
-        assert f"{downloads[0]}.size" in on_disk  # its size is remembered
+        assert store.known_size(downloads[0]) == sizes[downloads[0]]  # its size is kept
         gets = emulator.requests[GET]
         assert await read_all(store, downloads[0]) == body(emulator, downloads[0])
         assert emulator.requests[GET] == gets + 1

@@ -34,6 +34,7 @@ Layout of ``<cache dir>/content``
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 
 _MiB = 1 << 20
 _EVERYTHING = 1 << 62
+#: Bytes of the latest writes a body keeps in memory for readers right behind a fetch.
+_RECENT_LIMIT = 8 * _MiB
 #: Chunks queued between the network and the disk writer; bounds memory per fetch.
 _QUEUED_CHUNKS = 16
 #: Size probes sent at once by ``prefetch_sizes``.
@@ -149,6 +152,8 @@ class _Body:
         #: Bytes on disk as last recorded in the ``.map`` file.
         self.mapped = extents.total
         self.users = 0
+        self._recent: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._recent_size = 0
         #: Set while the body is being finished or closed; ``rested`` fires after.
         self.resting = False
         self.rest_planned = False
@@ -158,6 +163,28 @@ class _Body:
     @property
     def complete(self) -> bool:
         return self.size is not None and self.extents.covers(0, self.size)
+
+    def keep_recent(self, offset: int, data: bytes) -> None:
+        """Keep what was just written in memory too: a reader right behind a fetch is then
+        served without a trip to the disk (and the thread that would make it)."""
+        self._recent.append((offset, data))
+        self._recent_size += len(data)
+        while self._recent_size > _RECENT_LIMIT:
+            self._recent_size -= len(self._recent.popleft()[1])
+
+    def recent_bytes(self, start: int, end: int) -> bytes | None:
+        """``[start, end)`` from the recent writes, or None unless they hold all of it."""
+        parts = []
+        while start < end:
+            for offset, data in reversed(self._recent):
+                if offset <= start < offset + len(data):
+                    piece = memoryview(data)[start - offset : end - offset]
+                    parts.append(piece)
+                    start += len(piece)
+                    break
+            else:
+                return None
+        return b"".join(parts)
 
     def notify(self) -> None:
         self._changed.set()
@@ -330,6 +357,9 @@ class ContentStore:
                 async with self._using(download_id) as body:
                     if body is not None:
                         await self._wait_for(body, offset, end)
+                        recent = body.recent_bytes(offset, end)
+                        if recent is not None:
+                            return recent
                         # Held by this read, the descriptor stays open until it is done.
                         return await trio.to_thread.run_sync(os.pread, body.fd, length, offset)
             return await trio.to_thread.run_sync(
@@ -584,6 +614,7 @@ class ContentStore:
         if body.size is not None:
             data = data[: max(body.size - fetch.position, 0)]
         await trio.to_thread.run_sync(_write_all, body.fd, data, fetch.position)
+        body.keep_recent(fetch.position, data)
         body.extents.add(fetch.position, fetch.position + len(data))
         fetch.position += len(data)
         self._stats.bytes_received += len(data)

@@ -21,6 +21,7 @@ from mkwfs.api import ApiClient, Credentials, RetryPolicy
 from mkwfs.content import ContentStore, open_content_store
 from mkwfs.emulator import BIG_ZIP, DEMO_BUILD, Emulator, EmulatorConfig, serve_in_thread
 from mkwfs.errors import ProtocolError, ServerError, TransportError
+from mkwfs.extents import Extents
 
 GET = "GET /api/v1/downloads/:id"
 HEAD = "HEAD /api/v1/downloads/:id"
@@ -305,3 +306,17 @@ async def test_the_cache_stays_within_max_bytes(
         assert await read_all(store, downloads[0]) == body(emulator, downloads[0])
         assert emulator.requests[GET] == gets + 1
         assert emulator.requests[HEAD] == len(downloads)
+
+
+def test_recent_writes_serve_only_what_they_hold_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(content, "_RECENT_LIMIT", 25)
+    body = content._Body(1, -1, Extents(), 100)
+    body.keep_recent(0, b"0123456789")
+    body.keep_recent(10, b"abcdefghij")
+    assert body.recent_bytes(5, 15) == b"56789abcde"
+    assert body.recent_bytes(10, 20) == b"abcdefghij"
+    assert body.recent_bytes(15, 25) is None  # not all of it
+    body.keep_recent(40, b"KLMNOPQRST")  # over the limit: the oldest goes
+    assert body.recent_bytes(0, 5) is None
+    assert body.recent_bytes(12, 14) == b"cd"
+    assert body.recent_bytes(45, 50) == b"PQRST"

@@ -30,7 +30,7 @@ import random
 import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard, TypeVar
@@ -75,6 +75,15 @@ NO_HEAD_STATUSES = frozenset({405, 501})
 ERROR_BODY_LIMIT = 64 * 1024
 #: How long ``server_message`` may get.
 SERVER_MESSAGE_LIMIT = 200
+#: The largest JSON answer read (a list of many thousand builds is a few MB): a bigger one
+#: is a ``ProtocolError``, not a daemon out of memory.
+JSON_BODY_LIMIT = 64 * 1024 * 1024
+#: How deeply an answer's JSON may nest (the API's objects nest three levels): deeper is a
+#: ``ProtocolError``, not a ``RecursionError`` in whatever walks it later.
+JSON_DEPTH_LIMIT = 32
+#: The largest body size believed (256 TiB): a bigger ``Content-Length`` or
+#: ``Content-Range`` total is a broken header (and would not fit ``st_size``).
+MAX_BODY_SIZE = 1 << 48
 
 
 @dataclass(frozen=True)
@@ -232,6 +241,11 @@ class ApiClient:
 
     def __repr__(self) -> str:
         return f"ApiClient({self._base_url!r}, {self._credentials!r})"
+
+    @property
+    def base_url(self) -> str:
+        """The server root requests go to (never with credentials)."""
+        return self._base_url
 
     @property
     def token(self) -> str | None:
@@ -562,11 +576,20 @@ def _map_httpx_error(exc: httpx.HTTPError, request: httpx.Request) -> ApiError:
 
 
 async def _read(response: httpx.Response) -> bytes:
-    """The whole body of a successful response."""
+    """The whole body of a successful metadata response; ``ProtocolError`` beyond
+    ``JSON_BODY_LIMIT`` bytes (whatever ``Content-Length`` claims)."""
+    body = bytearray()
     try:
-        return await response.aread()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > JSON_BODY_LIMIT:
+                raise ProtocolError(
+                    f"{_where(response.request)}: an answer of more than {JSON_BODY_LIMIT} bytes",
+                    url=_public_url(response.request),
+                )
     except httpx.HTTPError as exc:
         raise _map_httpx_error(exc, response.request) from exc
+    return bytes(body)
 
 
 async def _read_error_body(response: httpx.Response) -> bytes:
@@ -668,13 +691,42 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _decode_json(body: bytes, response: httpx.Response) -> Any:
+    """The JSON of an answer. Bytes that are not UTF-8 (a broken server) become U+FFFD, so
+    one bad name does not hide a whole list; JSON nested beyond ``JSON_DEPTH_LIMIT`` is a
+    ``ProtocolError``."""
+    where, url = _where(response.request), _public_url(response.request)
     try:
-        return json.loads(body)
+        try:
+            data = json.loads(body)
+        except UnicodeDecodeError:
+            data = json.loads(body.decode("utf-8", "replace"))
     except ValueError as exc:
+        raise ProtocolError(f"{where}: the answer is not valid JSON ({exc})", url=url) from exc
+    except RecursionError as exc:
+        raise ProtocolError(f"{where}: the answer's JSON nests too deeply", url=url) from exc
+    if _nesting_exceeds(data, JSON_DEPTH_LIMIT):
         raise ProtocolError(
-            f"{_where(response.request)}: the answer is not valid JSON ({exc})",
-            url=_public_url(response.request),
-        ) from exc
+            f"{where}: the answer's JSON nests more than {JSON_DEPTH_LIMIT} levels", url=url
+        )
+    return data
+
+
+def _nesting_exceeds(data: object, limit: int) -> bool:
+    """Whether ``data`` has arrays or objects nested more than ``limit`` deep (iterative:
+    no recursion however deep it is)."""
+    pending: list[tuple[object, int]] = [(data, 0)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            children: Iterable[object] = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth >= limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _feathers_page(data: object, where: str, url: str, *, skip: int) -> tuple[int, list[object]]:
@@ -716,19 +768,25 @@ def _is_identity(response: httpx.Response) -> bool:
     return response.headers.get("Content-Encoding", "identity").strip().lower() in ("", "identity")
 
 
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+_CONTENT_RANGE = re.compile(r"bytes\s+([0-9]+)-([0-9]+)/([0-9]+|\*)", re.IGNORECASE)
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def _content_range(response: httpx.Response, where: str) -> tuple[int, int, int | None]:
     """``(first, last, total)`` of a 206's ``Content-Range``; ``total`` None for ``*``."""
     value = response.headers.get("Content-Range", "")
     match = _CONTENT_RANGE.fullmatch(value.strip())
-    if match is None or int(match[2]) < int(match[1]):
+    if match is None or int(match[2]) < int(match[1]) or int(match[2]) >= MAX_BODY_SIZE:
         raise ProtocolError(
             f"{where}: 206 with an unreadable Content-Range {value!r}",
             url=_public_url(response.request),
         )
     total = None if match[3] == "*" else int(match[3])
+    if total is not None and not int(match[2]) < total <= MAX_BODY_SIZE:
+        raise ProtocolError(
+            f"{where}: 206 with an impossible Content-Range {value!r}",
+            url=_public_url(response.request),
+        )
     return int(match[1]), int(match[2]), total
 
 
@@ -737,7 +795,7 @@ def _content_length(response: httpx.Response, where: str) -> int | None:
     value = response.headers.get("Content-Length")
     if value is None or not _is_identity(response):
         return None
-    if not value.strip().isdigit():
+    if _DIGITS.fullmatch(value.strip()) is None or int(value) > MAX_BODY_SIZE:
         raise ProtocolError(
             f"{where}: unreadable Content-Length {value!r}", url=_public_url(response.request)
         )

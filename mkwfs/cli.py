@@ -481,6 +481,12 @@ def _format_status(state: Mapping[str, Any]) -> str:
     started = dt.datetime.fromtimestamp(state["mounted_at"]).isoformat(timespec="seconds")
     profile = f" (profile {state['profile']})" if state.get("profile") else ""
     reach = "reachable" if api["reachable"] else f"NOT reachable: {api['error']}"
+    stale = state.get("stale") or {}
+    if stale.get("serving"):
+        reach += (
+            f"; serving cached listings since {_ago(stale['since'], now)} "
+            f"({stale['served']} stale answers)"
+        )
     requests = api["requests"]
     by_kind = ", ".join(f"{k} {v}" for k, v in sorted(requests.items()))
     failures = api["failures"]

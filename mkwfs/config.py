@@ -38,6 +38,8 @@ from mkwfs.errors import ConfigError
 
 DEFAULT_API_URL = "https://app.metakraftwerk.com"
 DEFAULT_TTL = 60.0
+#: Seconds an access that needs the server may wait for it before it fails with EIO.
+DEFAULT_TIMEOUT = 15.0
 DEFAULT_DEMO_BIG_FILE_SIZE = 256 * 2**20
 ENV_PREFIX = "MKWFS_"
 #: Environment variables that hold a secret itself (never a flag, -o item or file key).
@@ -204,6 +206,9 @@ OPTIONS: tuple[Option, ...] = (
            parse_seconds, "mount", "60"),
     Option("attr_ttl", "seconds the kernel caches attributes (sizes, times)", "SECONDS",
            parse_seconds, "mount", "60"),
+    Option("timeout", "seconds an access waits for the server (a listing, a size, a read "
+           "whose bytes stopped coming) before it fails with EIO", "SECONDS", parse_seconds,
+           "mount", "15"),
     Option("foreground", "serve in this process until unmounted or SIGTERM/SIGINT, logging "
            "to stderr", None, parse_bool, "mount", "off"),
     Option("debug", "log every request: method, path, status, bytes, time", None, parse_bool,
@@ -484,6 +489,7 @@ class Config:
     cache_max_size: int | None = None
     dir_ttl: float = DEFAULT_TTL
     attr_ttl: float = DEFAULT_TTL
+    timeout: float = DEFAULT_TIMEOUT
     foreground: bool = False
     debug: bool = False
     log_file: Path | None = None
@@ -509,6 +515,8 @@ class Config:
         for name in ("dir_ttl", "attr_ttl"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+        if not self.timeout > 0:
+            raise ConfigError("--timeout must be more than 0 seconds")
         if self.demo:
             return
         if self.email and not self.password:

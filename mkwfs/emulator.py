@@ -266,7 +266,11 @@ def _bytes_response(
 def _json_response(
     status: int, payload: object, headers: Mapping[str, str] | None = None
 ) -> httpx.Response:
-    content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    """JSON in UTF-8; a lone surrogate U+DC80..U+DCFF in a string (a name given to
+    `Emulator.add_download`) goes out as the byte 0x80..0xFF, invalid UTF-8 as a broken
+    server would send it."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    content = text.encode("utf-8", "surrogateescape")
     return _bytes_response(status, content, "application/json; charset=utf-8", headers)
 
 
@@ -332,7 +336,7 @@ def _content_disposition(filename: str) -> str:
     quoted = fallback.replace("\\", "\\\\").replace('"', '\\"')
     header = f'attachment; filename="{quoted}"'
     if fallback != basename:
-        header += f"; filename*=UTF-8''{quote(basename, safe='')}"
+        header += f"; filename*=UTF-8''{quote(basename, safe='', errors='surrogateescape')}"
     return header
 
 

@@ -149,6 +149,7 @@ class _Mount:
         except trio.TooSlowError:
             api_error = f"no answer within {STATUS_CHECK_TIMEOUT:.0f} s"
         stats = self.api.stats
+        staleness = self.tree.staleness
         return {
             "mountpoint": str(self.config.mountpoint),
             "pid": os.getpid(),
@@ -166,6 +167,12 @@ class _Mount:
                 "last_success": stats.last_success,
                 "last_failure": stats.last_failure,
                 "last_error": stats.last_error,
+            },
+            "stale": {
+                "serving": staleness.active,
+                "since": staleness.since,
+                "served": staleness.served,
+                "last_error": staleness.last_error,
             },
             "cache": {
                 "dir": str(self.config.cache_dir),
@@ -230,7 +237,9 @@ async def _serve(config: Config, on_ready: Callable[[], None]) -> None:
         await nursery.start(serve_control, config.mountpoint, handle)
         builds = await api.list_builds()
         content = await nursery.start(_serve_content, api, config)
-        tree = Tree(api, content, dir_ttl=config.dir_ttl, attr_ttl=config.attr_ttl)
+        tree = Tree(
+            api, content, dir_ttl=config.dir_ttl, attr_ttl=config.attr_ttl, timeout=config.timeout
+        )
         tree.seed_builds(builds)
         mount = _Mount(config, api, content, tree)
         try:
@@ -262,7 +271,7 @@ async def _serve_content(
     """Run the content store until the mount ends; then what partial bodies hold is
     recorded, for the next mount to resume."""
     async with open_content_store(
-        api, config.cache_dir, max_bytes=config.cache_max_size
+        api, config.cache_dir, max_bytes=config.cache_max_size, stall_timeout=config.timeout
     ) as content:
         task_status.started(content)
         await trio.sleep_forever()

@@ -36,6 +36,15 @@ already read. Attributes carry their own timeouts for the kernel: a download who
 not known yet is reported with size 0 and an attribute timeout of 0, so the kernel asks
 ``getattr`` (which probes the true size) before it uses the size for ``stat`` or ``read``. A
 plain directory listing thus never costs a size probe, and browsing never a body.
+
+Failures: every request the tree makes for an operation (a listing, a build record, a size
+probe; retries included) is bounded by ``timeout`` seconds, after which it fails with
+``TransportError`` (EIO); an operation makes at most one such request, besides the reads of
+a body, which fail once their bytes stop coming for the content store's ``stall_timeout``.
+Stale-if-error: each listing (builds, a build's files, a build record, projects, patterns,
+a project's or pattern's builds) is also kept as the last good one, past its TTL, and is
+served when a refresh fails transiently (the server out of reach, no answer in time, 5xx,
+429; see ``views.LastGood``); ``staleness`` says so for ``mkwfs status``.
 """
 
 from __future__ import annotations
@@ -44,8 +53,9 @@ import enum
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
 
@@ -53,7 +63,14 @@ from mkwfs import views, zipview
 from mkwfs.api import ApiClient
 from mkwfs.cache import AsyncTTLCache
 from mkwfs.content import ContentStore
-from mkwfs.errors import IsADirectory, NoSuchAttribute, NoSuchEntry, NotADirectory, NotASymlink
+from mkwfs.errors import (
+    IsADirectory,
+    NoSuchAttribute,
+    NoSuchEntry,
+    NotADirectory,
+    NotASymlink,
+    TransportError,
+)
 from mkwfs.models import Build, Download
 from mkwfs.names import file_names, is_probe_name
 
@@ -88,6 +105,8 @@ LATEST_NAME = b"latest"
 _SCAN_WINDOW = 2.0
 #: Archive indexes kept in memory (a re-read costs only disk reads: the tail is cached).
 _INDEXES = 64
+
+T = TypeVar("T")
 
 
 class Kind(enum.Enum):
@@ -245,7 +264,8 @@ def file_inode(download_id: int) -> int:
 class Tree:
     """What the mount shows, in terms of inodes and names. Raises only ``MkwfsError``.
 
-    ``final_ttl`` defaults to a day, ``live_ttl`` to ``min(dir_ttl, 5)`` seconds.
+    ``final_ttl`` defaults to a day, ``live_ttl`` to ``min(dir_ttl, 5)`` seconds;
+    ``timeout`` bounds each request (see the module docstring).
     """
 
     def __init__(
@@ -257,10 +277,13 @@ class Tree:
         attr_ttl: float = 60.0,
         final_ttl: float = 86400.0,
         live_ttl: float | None = None,
+        timeout: float = 15.0,
         timer: Callable[[], float] = trio.current_time,
         mount_time: float | None = None,
     ) -> None:
         self._api = api
+        self.timeout = timeout
+        self.staleness = views.Staleness()
         self._content = content
         self._members = zipview.MemberReader(content)
         self.dir_ttl = dir_ttl
@@ -281,6 +304,16 @@ class Tree:
         self._group_builds = views.StateAwareCache[tuple[views.GroupKind, int], dict[int, Build]](
             final_ttl=dir_ttl, live_ttl=self.live_ttl, timer=timer
         )
+        stale = self.staleness
+        self._last_builds = views.LastGood[None, dict[int, Build]](stale, maxsize=1, timer=timer)
+        self._last_listings = views.LastGood[int, Listing](stale, timer=timer)
+        self._last_records = views.LastGood[int, Build](stale, timer=timer)
+        self._last_groups = views.LastGood[views.GroupKind, dict[bytes, views.Group]](
+            stale, maxsize=2, timer=timer
+        )
+        self._last_group_builds = views.LastGood[tuple[views.GroupKind, int], dict[int, Build]](
+            stale, timer=timer
+        )
         self._indexes = AsyncTTLCache[int, zipview.ArchiveIndex](
             ttl=math.inf, maxsize=_INDEXES, timer=timer
         )
@@ -293,63 +326,86 @@ class Tree:
         #: (build id, download id, time) of the last getattr that needed a size probe.
         self._last_probe: tuple[int, int, float] | None = None
 
-    # -- the API, cached ---------------------------------------------------------------
+    # -- the API, bounded and cached -----------------------------------------------------
+
+    async def _bounded(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, or ``TransportError`` once ``timeout`` seconds have passed."""
+        with trio.move_on_after(self.timeout):
+            return await call()
+        raise TransportError(
+            f"no answer from the server within {self.timeout:g} s", url=self._api.base_url
+        )
+
+    async def _ask(self, call: Callable[[], Awaitable[T]]) -> T:
+        """An API request, bounded; its success means the server answers again."""
+        result = await self._bounded(call)
+        self.staleness.fresh()
+        return result
+
+    async def _known_size(self, download_id: int) -> int:
+        """The size of a download, probed (bounded) if not known yet."""
+        size = self._content.known_size(download_id)
+        if size is None:
+            size = await self._bounded(lambda: self._content.size(download_id))
+        return size
 
     def _remember_builds(self, builds: list[Build]) -> dict[int, Build]:
         """The builds of a list by id (ids the tree can show), each kept as its newest record."""
         usable = {b.id: b for b in builds if 0 <= b.id < _ID_LIMIT}
         for build in usable.values():
             self._records.put(build.id, build, final=build.is_final)
+            self._last_records.put(build.id, build)
         return usable
 
     async def _all_builds(self) -> dict[int, Build]:
         async def load() -> dict[int, Build]:
-            return self._remember_builds(await self._api.list_builds())
+            return self._remember_builds(await self._ask(self._api.list_builds))
 
-        return await self._builds.get(None, load)
+        return await self._last_builds.get(None, lambda: self._builds.get(None, load))
 
     async def _record(self, build: Build) -> Build:
         """The build's newest record, asked again once it may have changed."""
 
         async def load() -> tuple[Build, bool]:
-            fresh = await self._api.get_build(build.id)
+            fresh = await self._ask(lambda: self._api.get_build(build.id))
             return fresh, fresh.is_final
 
-        return await self._records.get(build.id, load)
+        return await self._last_records.get(build.id, lambda: self._records.get(build.id, load))
 
     async def _listing(self, build: Build) -> Listing:
         async def load() -> tuple[Listing, bool]:
             # A build already known to be over has all its files: its listing is final.
             final = self._fresh_build(build).is_final
-            downloads = await self._api.list_downloads(build.id)
+            downloads = await self._ask(lambda: self._api.list_downloads(build.id))
             mine = [d for d in downloads if d.build_id in (None, build.id) and d.id < _ID_LIMIT]
             await self._content.load_stored_sizes()
             return dict(file_names(mine)), final
 
-        return await self._listings.get(build.id, load)
+        return await self._last_listings.get(build.id, lambda: self._listings.get(build.id, load))
 
     async def _group_list(self, kind: views.GroupKind) -> dict[bytes, views.Group]:
         async def load() -> dict[bytes, views.Group]:
             if kind == "project":
-                records = await self._api.list_projects()
+                records = await self._ask(self._api.list_projects)
             else:
-                records = await self._api.list_patterns()
+                records = await self._ask(self._api.list_patterns)
             return {g.name: g for g in views.groups(kind, records, _ID_LIMIT)}
 
-        return await self._groups.get(kind, load)
+        return await self._last_groups.get(kind, lambda: self._groups.get(kind, load))
 
     async def _builds_of(self, group: views.Group) -> dict[int, Build]:
         """The group's builds, from the API's ``project_id``/``pattern_id`` filter."""
 
         async def load() -> tuple[dict[int, Build], bool]:
-            found = await self._api.list_builds(**{f"{group.kind}_id": group.id})
+            found = await self._ask(lambda: self._api.list_builds(**{f"{group.kind}_id": group.id}))
             builds = self._remember_builds([b for b in found if group.holds(b)])
             cached = self._builds.peek(None)
             if cached is not None and not builds.keys() <= cached.keys():
                 self._builds.invalidate()  # A build newer than the cached list: ask again.
             return builds, all(b.is_final for b in builds.values())
 
-        return await self._group_builds.get((group.kind, group.id), load)
+        key = (group.kind, group.id)
+        return await self._last_group_builds.get(key, lambda: self._group_builds.get(key, load))
 
     async def _latest(self, group: views.Group) -> Build:
         latest = views.newest_finished((await self._builds_of(group)).values())
@@ -361,6 +417,7 @@ class Tree:
         download_id = archive.download.id
 
         async def load() -> zipview.ArchiveIndex:
+            await self._known_size(download_id)
             mtime = self._fresh_build(archive.build).mtime
             index = await zipview.read_index(self._content, download_id, mtime=mtime)
             block = self._member_blocks.get(download_id)
@@ -373,16 +430,24 @@ class Tree:
 
     def seed_builds(self, builds: list[Build]) -> None:
         """Use a build list fetched elsewhere (the startup check) as the cached one."""
-        self._builds.put(None, self._remember_builds(builds))
+        usable = self._remember_builds(builds)
+        self._builds.put(None, usable)
+        self._last_builds.put(None, usable)
 
     def invalidate(self) -> None:
-        """Forget every cached listing (the next access asks the API again). Archive
-        indexes stay: a download's bytes never change."""
+        """Forget every cached listing (the next access asks the API again). The last good
+        listings stay for stale-if-error; archive indexes stay: a download's bytes never
+        change."""
         self._builds.invalidate()
         self._listings.invalidate()
         self._records.invalidate()
         self._groups.invalidate()
         self._group_builds.invalidate()
+        for last in (
+            self._last_builds, self._last_listings, self._last_records, self._last_groups,
+            self._last_group_builds,
+        ):  # fmt: skip
+            last.retry_now()
 
     # -- nodes -------------------------------------------------------------------------
 
@@ -582,7 +647,7 @@ class Tree:
             case _File(download=download):
                 if self._content.known_size(download.id) is None:
                     self._notice_probe(node)
-                return self._attributes(node, await self._content.size(download.id))
+                return self._attributes(node, await self._known_size(download.id))
             case _BuildJson(build=build):
                 await self._record(build)
             case _Latest(group=group):
@@ -685,6 +750,7 @@ class Tree:
         node = self._node(ino)
         match node:
             case _File(download=download):
+                await self._known_size(download.id)
                 return await self._content.read(download.id, offset, length)
             case _Member(archive=archive, entry=entry) if not entry.is_dir:
                 return await self._members.read(archive.download.id, entry, offset, length)

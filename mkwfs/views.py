@@ -2,6 +2,8 @@
 
 * ``StateAwareCache``: results kept long when they can no longer change (a finished build's
   files) and briefly while they may (a running build's), the loader saying which;
+* ``LastGood`` and ``Staleness``: stale-if-error, the last good listing served while the
+  server fails, and what ``mkwfs status`` says about it;
 * ``Group``/``groups``: projects and patterns as directories with safe, unique names;
 * ``newest_finished``: the build ``latest`` points to;
 * ``xattrs`` and ``build_json``: the API's fields as extended attributes and as the bytes of
@@ -11,13 +13,18 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
+import cachetools
 import trio
 
 from mkwfs.cache import AsyncTTLCache, SingleFlight
+from mkwfs.errors import ApiError, HTTPStatusError, TransportError
 from mkwfs.models import Build
 from mkwfs.names import safe_name, unique_names
 
@@ -25,6 +32,11 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 GroupKind = Literal["project", "pattern"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a stale answer is given without asking the server again, after it failed.
+STALE_RETRY = 5.0
 
 #: Every extended attribute mkwfs has starts with this.
 XATTR_PREFIX = b"user.mkw."
@@ -86,6 +98,102 @@ class StateAwareCache(Generic[K, V]):
             return value
 
         return await self._flights.run(key, load_and_store)
+
+
+@dataclass
+class Staleness:
+    """Whether listings are served past their time because the server fails, for ``mkwfs
+    status``. Logs one warning when that starts and one when the server answers again.
+    Times are ``time.time()``."""
+
+    #: When the first stale answer was given since the server last answered; None: fresh.
+    since: float | None = None
+    #: Stale answers given in all.
+    served: int = 0
+    #: The failure that made the last one stale (no secrets: an ``ApiError`` message).
+    last_error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+    def stale(self, error: ApiError) -> None:
+        if self.since is None:
+            self.since = time.time()
+            log.warning(
+                "serving cached listings while the server fails (%s); uncached files and "
+                "listings give EIO until it answers again",
+                error,
+            )
+        self.served += 1
+        self.last_error = str(error)
+
+    def fresh(self) -> None:
+        """The server answered a request again."""
+        if self.since is not None:
+            self.since = None
+            log.warning("the server answers again: listings are fresh again")
+
+
+@dataclass
+class _Good(Generic[V]):
+    value: V
+    #: Until then (on the cache's timer) the server is not asked again: it just failed.
+    failed_until: float = -math.inf
+
+
+def server_failed(error: ApiError) -> bool:
+    """Whether stale-if-error covers ``error`` (RFC 5861's cases): no answer, or none in
+    time (``TransportError``), a 5xx or a 429. A 401, 403 or 404, or a malformed answer, is
+    the server's word and is not hidden."""
+    if isinstance(error, TransportError):
+        return True
+    return isinstance(error, HTTPStatusError) and (error.status >= 500 or error.status == 429)
+
+
+class LastGood(Generic[K, V]):
+    """Stale-if-error over a cache: the last value loaded for each key, kept past any TTL,
+    and given instead of a failure of the server (``server_failed``). Other failures are
+    raised. After a failure, the stale value is given for ``STALE_RETRY`` seconds without
+    asking again, so that browsing a mount whose server is down does not wait for it at
+    every step. ``maxsize`` keys at most (least recently used go first)."""
+
+    def __init__(
+        self,
+        staleness: Staleness,
+        *,
+        maxsize: int = 4096,
+        timer: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self._staleness = staleness
+        self._timer = timer
+        self._values: cachetools.LRUCache[K, _Good[V]] = cachetools.LRUCache(maxsize=maxsize)
+
+    def put(self, key: K, value: V) -> None:
+        self._values[key] = _Good(value)
+
+    def retry_now(self) -> None:
+        """Ask the server at the next ``get`` even after a recent failure (the values stay
+        for the next failure)."""
+        for good in self._values.values():
+            good.failed_until = -math.inf
+
+    async def get(self, key: K, fresh: Callable[[], Awaitable[V]]) -> V:
+        """``await fresh()`` (a cached or a newly loaded value), remembered; or, when the
+        server failed, the last good value if there is one."""
+        good = self._values.get(key)
+        if good is not None and self._timer() < good.failed_until:
+            return good.value
+        try:
+            value = await fresh()
+        except ApiError as exc:
+            if good is None or not server_failed(exc):
+                raise
+            good.failed_until = self._timer() + STALE_RETRY
+            self._staleness.stale(exc)
+            return good.value
+        self.put(key, value)
+        return value
 
 
 @dataclass(frozen=True)

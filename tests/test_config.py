@@ -109,6 +109,35 @@ def test_negative_ttls_are_refused(tmp_path: Path) -> None:
         Config(mountpoint=tmp_path, token="t", dir_ttl=-1)
 
 
+def test_timeout_defaults_to_15_s_comes_from_every_layer_and_must_be_positive(
+    tmp_path: Path,
+) -> None:
+    assert Config(mountpoint=tmp_path, token="t").timeout == 15.0
+    assert settings_of(["--timeout", "3"])["timeout"] == 3.0
+    assert settings_of(["-o", "timeout=4"])["timeout"] == 4.0
+    assert settings_of([], {"MKWFS_TIMEOUT": "5"})["timeout"] == 5.0
+    with pytest.raises(ConfigError, match="--timeout"):
+        Config(mountpoint=tmp_path, token="t", timeout=0)
+
+
+@pytest.mark.parametrize(
+    ("allow_other", "raw", "expected"),
+    [
+        (False, (), {"default_permissions"}),  # pyfuse3 sets it anyway
+        (True, (), {"allow_other", "default_permissions"}),
+        (False, ("allow_root",), {"allow_root", "default_permissions"}),
+    ],
+)
+def test_other_users_get_into_a_mount_only_with_default_permissions(
+    tmp_path: Path, allow_other: bool, raw: tuple[str, ...], expected: set[str]
+) -> None:
+    from mkwfs.mount import _mount_options
+
+    config = Config(mountpoint=tmp_path, token="t", allow_other=allow_other, fuse_options=raw)
+    others = {"allow_other", "allow_root", "default_permissions"}
+    assert _mount_options(config) & others == expected
+
+
 def test_secrets_stay_out_of_repr_but_survive_the_hand_off(tmp_path: Path) -> None:
     config = Config(
         mountpoint=tmp_path, token="tok-SECRET", email="a@b.c", password="pw-SECRET",

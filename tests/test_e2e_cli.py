@@ -7,6 +7,7 @@ logging and secrets. Every command runs with a timeout; mounts are cleaned up by
 from __future__ import annotations
 
 import configparser
+import errno
 import hashlib
 import http.server
 import json
@@ -16,6 +17,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -411,6 +413,92 @@ def test_quiet_by_default_debug_logs_each_request_and_no_secret_anywhere(
         assert any(line.startswith("Max core file size") and " 0 " in line
                    for line in limits.splitlines()), limits  # fmt: skip
     assert password not in log and "eyJ" not in log  # "eyJ": how every JWT starts
+
+
+def test_no_secret_in_logs_ps_proc_status_or_cache_files_even_after_a_relogin(
+    bg_mount: Callable[..., tuple[MountedFs, subprocess.CompletedProcess[str]]],
+    emulator: Emulator,
+    mkwfs_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """A token that expires, a login and failures on the way, all logged with --debug: no
+    token or password anywhere another process or file could show it. The cache directory
+    is made 0700."""
+    token = emulator.issue_token(lifetime=2)
+    password = emulator.config.password
+    env = dict(mkwfs_env, MKWFS_TOKEN=token, MKWFS_PASSWORD=password)
+    mounted, done = bg_mount("--debug", "--email", emulator.config.email, env=env)
+    assert done.returncode == 0, done.stderr
+    build_dir = mounted.path / "builds" / str(DEMO_BUILD)
+    emulator.fail_next(LIST, 403)
+    assert not os.access(build_dir / "x", os.F_OK)  # a failure logged with its message
+    threading.Event().wait(2.5)  # the token expires: mkwfs logs in with the password
+    for name in plain_names(emulator, DEMO_BUILD):
+        read_cold(build_dir / name)
+    status = mkwfs("status", "--json", mounted.path, env=mkwfs_env)
+    assert status.returncode == 0, status.stderr
+    log = mounted.log()
+    assert "POST /authentication -> 201" in log
+
+    secrets = [token.encode(), password.encode(), b"eyJ"]  # "eyJ": how every JWT starts
+    ps = subprocess.run(["ps", "axww", "-o", "args"], capture_output=True, timeout=30, check=True)
+    shown = {"log": log.encode(), "status": status.stdout.encode(), "ps": ps.stdout}
+    for pid in daemon_pids(mounted.path):
+        for what in ("cmdline", "environ"):
+            shown[f"/proc/{pid}/{what}"] = Path(f"/proc/{pid}/{what}").read_bytes()
+    for path in (tmp_path / "cache").rglob("*"):
+        if path.is_file():
+            shown[str(path)] = path.read_bytes()
+    for where, text in shown.items():
+        for secret in secrets:
+            assert secret not in text, f"a secret in {where}"
+    for directory in (tmp_path / "cache", tmp_path / "cache" / "content"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+
+
+#: Reads a file relative to a directory descriptor it inherited, so that no directory above
+#: the mount (the test's private tmp_path) stands in the way: prints its length or the errno.
+_READ_AS_OTHER = """
+import os, sys
+try:
+    fd = os.open(sys.argv[2], os.O_RDONLY, dir_fd=int(sys.argv[1]))
+    print(len(os.read(fd, 1 << 24)))
+except OSError as exc:
+    print("errno", exc.errno)
+"""
+
+
+def read_as(uid: int, gid: int, mountpoint: Path, relative: str) -> str:
+    """What user ``uid`` (group ``gid``, no others) gets reading ``relative`` in the mount."""
+    directory = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        done = subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+             "/usr/bin/python3", "-c", _READ_AS_OTHER, str(directory), relative],
+            capture_output=True, text=True, timeout=30, check=True, pass_fds=(directory,),
+        )  # fmt: skip
+    finally:
+        os.close(directory)
+    return done.stdout.strip()
+
+
+def test_other_users_are_refused_without_allow_other_and_meet_the_modes_with_it(
+    mount_fs: MountFactory, emulator: Emulator
+) -> None:
+    require(shutil.which("setpriv") is not None and os.geteuid() == 0, "needs root and setpriv")
+    name = next(iter(plain_names(emulator, DEMO_BUILD)))
+    relative = f"builds/{DEMO_BUILD}/{name}"
+    size = len(emulator.body_path(plain_names(emulator, DEMO_BUILD)[name]["id"]).read_bytes())
+    nobody, nogroup, stranger = 65534, 65534, 12345
+
+    private = mount_fs().path
+    assert len((private / relative).read_bytes()) == size  # the user who mounted reads
+    assert read_as(nobody, nogroup, private, relative) == f"errno {errno.EACCES}"
+
+    shared = mount_fs("--allow-other", "--gid", str(nogroup), "--umask", "027").path
+    assert stat.S_IMODE((shared / relative).stat().st_mode) == 0o440
+    assert read_as(nobody, nogroup, shared, relative) == str(size)  # the group may read
+    assert read_as(stranger, stranger, shared, relative) == f"errno {errno.EACCES}"
 
 
 def test_owner_modes_and_raw_fuse_options(mount_fs: MountFactory, emulator: Emulator) -> None:

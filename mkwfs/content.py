@@ -79,6 +79,8 @@ _READAHEAD = 32 * _MiB
 _IDLE_CLOSE = 10.0
 #: What a read in the middle of a body fetches when nothing better is known.
 _RANDOM_WINDOW = 128 * 1024
+#: A read this far past the end of a window still counts as going on (kernel readahead).
+_NEAR = 2 * _MiB
 #: Windows double while a reader goes on, up to this.
 _MAX_WINDOW = 32 * _MiB
 #: A read within this many bytes of the end fetches all of them (ZIP directories live there).
@@ -157,6 +159,7 @@ class _Body:
         #: Set while the body is being finished or closed; ``rested`` fires after.
         self.resting = False
         self.rest_planned = False
+        self.finishing = False
         self.rested = trio.Event()
         self._changed = trio.Event()
 
@@ -463,11 +466,12 @@ class ContentStore:
         tail = max(size - _TAIL_WINDOW, 0)
         if offset >= tail:
             return body.extents.missing_since(offset, tail), limit
-        going_on = offset in body.streaks or body.extents.present_until(offset - 1) == offset
-        if offset > 0 and going_on:
-            # After a window, a member or bytes on disk: a reader going on, or the kernel
-            # reading ahead past what was wanted. Small at first, twice as large each time.
-            grown = min(max(2 * body.streaks.get(offset, 0), _RANDOM_WINDOW), _MAX_WINDOW)
+        # Just after a window, a member or bytes on disk: a reader going on, or the kernel
+        # reading ahead (up to a megabyte, in several requests) past what was wanted. Small
+        # at first, twice as large each time.
+        near = [size for end, size in body.streaks.items() if 0 <= offset - end <= _NEAR]
+        if offset > 0 and (near or body.extents.present_until(offset - 1) == offset):
+            grown = min(max(2 * max(near, default=0), _RANDOM_WINDOW), _MAX_WINDOW)
             return self._window(body, offset, min(offset + grown, limit))
         if body.boundaries is not None:
             # To the end of the member that the read ends in (the kernel reads whole pages,
@@ -667,16 +671,25 @@ class ContentStore:
         body.mapped = sum(e - s for s, e in ranges)
 
     async def _settle(self, body: _Body) -> None:
-        """After a fetch or a read: finish a complete body now; put a partial one to rest
-        once nobody used it for ``_IDLE_REST`` seconds (reopening it costs disk work)."""
+        """After a fetch or a read: finish a complete body (in the background: its fsync is
+        nobody's wait); put a partial one to rest once nobody used it for ``_IDLE_REST``
+        seconds (reopening it costs disk work)."""
         if body.fetches or body.users or body.resting:
             return
         if body.complete:
-            with trio.CancelScope(shield=True):
-                await self._put_to_rest(body)
+            if not body.finishing:
+                body.finishing = True
+                self._nursery.start_soon(_guarded, self._finish_soon, body)
         elif not body.rest_planned:
             body.rest_planned = True
             self._nursery.start_soon(_guarded, self._rest_when_idle, body)
+
+    async def _finish_soon(self, body: _Body) -> None:
+        body.finishing = False
+        # Taken again meanwhile? Then its last user settles it again.
+        if not (body.fetches or body.users or body.resting):
+            with trio.CancelScope(shield=True):
+                await self._put_to_rest(body)
 
     async def _rest_when_idle(self, body: _Body) -> None:
         idle_since = trio.current_time()

@@ -13,6 +13,8 @@ attributes, so the next access asks the server again.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -254,6 +256,7 @@ async def _serve(config: Config, on_ready: Callable[[], None]) -> None:
         try:
             nursery.start_soon(_handle_signals, mount)
             nursery.start_soon(raise_readahead, config.mountpoint)
+            nursery.start_soon(serve_memory_trim)
             log.info("mounted %s on %s", config.api_url, config.mountpoint)
             on_ready()
             notify_systemd(f"READY=1\nSTATUS=serving {config.api_url} on {config.mountpoint}")
@@ -275,6 +278,25 @@ async def _serve_content(
     ) as content:
         task_status.started(content)
         await trio.sleep_forever()
+
+
+#: Seconds between two returns of freed memory to the system.
+_TRIM_INTERVAL = 5.0
+
+
+async def serve_memory_trim() -> None:
+    """Return the heap's free pages to the system now and then. Bodies pass through the
+    daemon in pieces of about a MiB; glibc keeps the holes they leave, and the resident
+    size creeps up to several times what is held (the soak measured 4x). Giving each piece
+    its own mapping instead (mallopt) cost a third of the throughput in page faults.
+    glibc only; elsewhere this returns at once."""
+    library = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(library), "malloc_trim", None) if library else None
+    if trim is None:
+        return
+    while True:
+        await trio.sleep(_TRIM_INTERVAL)
+        await trio.to_thread.run_sync(trim, 0)
 
 
 #: The kernel's readahead for the mount. Larger is faster for sequential reads (1 MiB, FUSE's

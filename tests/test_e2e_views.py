@@ -198,3 +198,27 @@ def test_browsing_like_a_file_manager_downloads_nothing(mnt: Path, emulator: Emu
     before = sum(emulator.requests.values())
     show(mnt)
     assert sum(emulator.requests.values()) == before
+
+
+def test_a_file_that_is_not_a_zip_has_an_eio_unpacked_view_and_the_mount_lives(
+    mount_fs: MountFactory, emulator: Emulator
+) -> None:
+    broken = emulator.add_download(DEMO_BUILD, "NOT_A_ZIP.zip")
+    body = emulator.body_path(broken)
+    try:
+        # Same length (the emulator keeps each body's size), no longer a ZIP.
+        page = b"<html>an error page saved as a result</html>\n"
+        size = body.stat().st_size
+        body.write_bytes((page * (size // len(page) + 1))[:size])
+        mounted = mount_fs()
+        view = mounted.path / "unpacked" / str(DEMO_BUILD) / "NOT_A_ZIP.zip"
+        with pytest.raises(OSError) as failure:
+            os.listdir(view)
+        assert failure.value.errno == errno.EIO
+        # The file itself is still served as it is, and everything else still works.
+        plain = mounted.path / "builds" / str(DEMO_BUILD) / "NOT_A_ZIP.zip"
+        assert plain.read_bytes() == body.read_bytes()
+        assert str(DEMO_BUILD) in os.listdir(mounted.path / "builds")
+        assert f"download {broken}" in mounted.log() or str(broken) in mounted.log()
+    finally:
+        body.unlink(missing_ok=True)  # never leave a broken body for a later run to reuse

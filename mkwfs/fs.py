@@ -82,11 +82,16 @@ def _read_only() -> NoReturn:
 class MkwfsOperations(pyfuse3.Operations):
     """Read-only FUSE operations for a ``Tree``."""
 
-    def __init__(self, tree: Tree, *, uid: int | None = None, gid: int | None = None) -> None:
+    def __init__(
+        self, tree: Tree, *, uid: int | None = None, gid: int | None = None, umask: int = 0
+    ) -> None:
+        """``uid``/``gid`` own every entry (default: the mounting user); ``umask`` is taken
+        off every mode (``--umask``)."""
         super().__init__()
         self._tree = tree
         self._uid = os.getuid() if uid is None else uid
         self._gid = os.getgid() if gid is None else gid
+        self._umask = umask
         self._open_dirs: dict[int, _OpenDir] = {}
         self._open_files: dict[int, OpenFile] = {}
         self._next_handle = 1
@@ -102,7 +107,7 @@ class MkwfsOperations(pyfuse3.Operations):
         entry.generation = 0
         entry.entry_timeout = attrs.entry_timeout
         entry.attr_timeout = attrs.attr_timeout
-        entry.st_mode = _MODES[attrs.kind]
+        entry.st_mode = _MODES[attrs.kind] & ~self._umask
         entry.st_nlink = attrs.nlink
         entry.st_uid = self._uid
         entry.st_gid = self._gid

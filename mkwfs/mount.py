@@ -28,8 +28,7 @@ from typing import Any
 import httpx
 import pyfuse3
 import trio
-from pyfuse3 import EntryAttributes, InodeT
-from typing_extensions import override
+from pyfuse3 import InodeT
 
 from mkwfs import __version__
 from mkwfs.api import ApiClient
@@ -39,7 +38,7 @@ from mkwfs.content import ContentStore, open_content_store
 from mkwfs.control import serve_control
 from mkwfs.errors import MkwfsError
 from mkwfs.fs import MkwfsOperations
-from mkwfs.tree import BUILDS_INODE, ROOT_INODE, Attributes, Tree
+from mkwfs.tree import BUILDS_INODE, ROOT_INODE, Tree
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +88,6 @@ def notify_systemd(state: str) -> None:
             sock.sendto(state.encode(), target)
     except OSError as exc:
         log.warning("cannot notify systemd at %s: %s", path, exc)
-
-
-class _MaskedOperations(MkwfsOperations):
-    """The operations with ``--umask`` taken off every mode they report."""
-
-    def __init__(self, tree: Tree, *, uid: int | None, gid: int | None, umask: int) -> None:
-        super().__init__(tree, uid=uid, gid=gid)
-        self._umask = umask
-
-    @override
-    def _entry(self, attrs: Attributes) -> EntryAttributes:
-        entry = super()._entry(attrs)
-        entry.st_mode &= ~self._umask
-        return entry
 
 
 class _Mount:
@@ -195,12 +180,6 @@ async def _handle_signals(mount: _Mount) -> None:
                 pyfuse3.terminate()
 
 
-def _operations(config: Config, tree: Tree) -> MkwfsOperations:
-    if config.umask:
-        return _MaskedOperations(tree, uid=config.uid, gid=config.gid, umask=config.umask)
-    return MkwfsOperations(tree, uid=config.uid, gid=config.gid)
-
-
 async def serve(config: Config, on_ready: Callable[[], None] = lambda: None) -> None:
     """Mount ``config.mountpoint`` and serve it until unmounted or signalled.
 
@@ -246,7 +225,9 @@ async def _serve(config: Config, on_ready: Callable[[], None]) -> None:
         mount = _Mount(config, api, content, tree)
         try:
             pyfuse3.init(
-                _operations(config, tree), os.fspath(config.mountpoint), _mount_options(config)
+                MkwfsOperations(tree, uid=config.uid, gid=config.gid, umask=config.umask),
+                os.fspath(config.mountpoint),
+                _mount_options(config),
             )
         except RuntimeError as exc:
             raise MountError(

@@ -265,6 +265,13 @@ class Setting:
     secret: bool = False
 
 
+#: Raw FUSE options that would break the mount, and why.
+UNSUPPORTED_FUSE_OPTIONS = {
+    # libfuse ends the session at once when this differs from the size the daemon asks for.
+    "max_read": "not supported; mkwfs sizes its reads itself (see the README on readahead)",
+}
+
+
 def split_raw_options(items: Sequence[str]) -> tuple[dict[str, object], tuple[str, ...]]:
     """``-o a,b=c`` items -> (mkwfs options, raw FUSE options). ``foo_bar`` and ``foo-bar``
     both name ``--foo-bar``; a bare switch name means true. Items that mount(8) acts on
@@ -277,6 +284,8 @@ def split_raw_options(items: Sequence[str]) -> tuple[dict[str, object], tuple[st
         if not item or item in MOUNT_ONLY_OPTIONS or key.startswith(("x-", "comment")):
             continue
         option = OPTION_BY_NAME.get(name)
+        if key in UNSUPPORTED_FUSE_OPTIONS:
+            raise ConfigError(f"-o {key}: {UNSUPPORTED_FUSE_OPTIONS[key]}")
         if option is None:
             fuse.append(item)
         elif has_value:

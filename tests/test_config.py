@@ -260,10 +260,10 @@ def test_bad_values_name_their_source(home: Path) -> None:
 def test_raw_options_split_into_mkwfs_mount_and_fuse_options() -> None:
     known, fuse = split_raw_options(
         ["ro,noauto,_netdev,nofail,x-systemd.automount,api_url=http://x,allow_other",
-         "cache-max-size=10G,max_read=131072,dev,suid,comment=hi,defaults,rw"]
+         "cache-max-size=10G,max_write=131072,dev,suid,comment=hi,defaults,rw"]
     )  # fmt: skip
     assert known == {"api_url": "http://x", "allow_other": True, "cache_max_size": "10G"}
-    assert fuse == ("max_read=131072", "dev", "suid")
+    assert fuse == ("max_write=131072", "dev", "suid")
     with pytest.raises(ConfigError, match="-o token_file needs a value"):
         split_raw_options(["token_file"])
 
@@ -290,3 +290,8 @@ def test_describe_masks_every_secret(home: Path) -> None:
     assert rows["email"] == ("a@b.c", "--email")
     assert rows["dir_ttl"] == ("60", "default")
     assert "SECRET" not in repr(rows)
+
+
+def test_a_raw_option_that_would_end_the_session_is_refused() -> None:
+    with pytest.raises(ConfigError, match="max_read: not supported"):
+        split_raw_options(["ro,max_read=131072"])

@@ -49,6 +49,7 @@ served when a refresh fails transiently (the server out of reach, no answer in t
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 import time
@@ -103,6 +104,8 @@ LATEST_NAME = b"latest"
 
 #: Seconds between two size probes in one build that make it look like a directory scan.
 _SCAN_WINDOW = 2.0
+#: How many files past the one a scan stats have their sizes probed ahead.
+_SCAN_AHEAD = 128
 #: Archive indexes kept in memory (a re-read costs only disk reads: the tail is cached).
 _INDEXES = 64
 
@@ -639,8 +642,9 @@ class Tree:
         ``.build.json`` and ``latest`` are brought up to date.
 
         When two files of one build need a probe within ``_SCAN_WINDOW`` seconds, someone is
-        going through the directory (``ls -l``, a file manager): the sizes of all its files
-        are then probed concurrently in the background, instead of one stat at a time.
+        going through the directory (``ls -l``, a file manager): the sizes of the next
+        ``_SCAN_AHEAD`` files (in name order, as ``ls`` goes) are then probed concurrently
+        in the background, instead of one stat at a time; a stat past them takes it on.
         """
         node = self._node(ino)
         match node:
@@ -667,8 +671,10 @@ class Tree:
             return
         listing = self._listings.peek(build_id)
         if listing is not None:
-            ordered = sorted(listing.items())  # the order ls and file managers stat in
-            self._content.prefetch_sizes(d.id for _, d in ordered)
+            names = sorted(listing)  # the order ls and file managers stat in
+            start = bisect.bisect_right(names, node.name)
+            ahead = names[start : start + _SCAN_AHEAD]
+            self._content.prefetch_sizes(listing[name].id for name in ahead)
 
     async def listdir(self, ino: int) -> list[tuple[bytes, Attributes]]:
         """The entries of a directory, without probing any size. The caller reports each

@@ -8,6 +8,7 @@ import pytest
 import trio
 import trio.testing
 
+from mkwfs import tree as tree_module
 from mkwfs.emulator import (
     AWKWARD_BUILD,
     BUILDING_BUILD,
@@ -249,17 +250,22 @@ async def test_a_directory_scan_probes_sizes_concurrently_and_once(
         # A single stat probes one size only.
         first = await tree.getattr(entries[0][1].ino)
         assert emulator.requests[HEAD] == 1
-        # A second one soon after looks like `ls -l`: the rest is probed in the background.
+        # A second one soon after looks like `ls -l`: the next files (in name order, as
+        # ls goes) are probed in the background, and only they.
         await tree.getattr(entries[1][1].ino)
+        ahead = 2 + tree_module._SCAN_AHEAD
         with trio.fail_after(30):
-            while emulator.requests[HEAD] < 1000:  # noqa: ASYNC110 (the emulator's counter)
+            while emulator.requests[HEAD] < ahead:  # noqa: ASYNC110 (the emulator's counter)
                 await trio.sleep(0.01)
+            await trio.sleep(0.1)
+            assert emulator.requests[HEAD] == ahead
+            # Going on through the directory takes the probing on with it.
             for name, attrs in entries:
                 stat = await tree.getattr(attrs.ino)
                 assert stat.size == emulator.body_path(attrs.ino - FILE_BASE).stat().st_size
                 assert stat.attr_timeout > 0, name
     assert first.size > 0
-    assert emulator.requests[HEAD] == 1000
+    assert emulator.requests[HEAD] == 1000  # each size probed once
     assert emulator.requests[LIST] == 1
 
 

@@ -229,6 +229,8 @@ class ContentStore:
         self._size_flights = SingleFlight[int, int]()
         self._probe_limiter = trio.CapacityLimiter(_CONCURRENT_PROBES)
         self._queued: set[int] = set()
+        #: Open files per download id: their bodies are not evicted.
+        self._held: collections.Counter[int] = collections.Counter()
         #: Whether the server honours Range: None until a ranged request tells.
         self.ranges: bool | None = None
         #: Bytes on disk per download id and when it was last used (None: not scanned yet).
@@ -255,6 +257,15 @@ class ContentStore:
         return f"{self._prefix}{download_id}{suffix}"
 
     # -- sizes -----------------------------------------------------------------------------
+
+    def hold(self, download_id: int) -> None:
+        """A file of this body is open: keep the body in the cache until ``release``."""
+        self._held[download_id] += 1
+
+    def release(self, download_id: int) -> None:
+        self._held[download_id] -= 1
+        if self._held[download_id] <= 0:
+            del self._held[download_id]
 
     def known_size(self, download_id: int) -> int | None:
         """The size if this process already knows it; never does I/O."""
@@ -761,8 +772,8 @@ class ContentStore:
         for download_id, (used, when) in sorted(self._usage.items(), key=lambda kv: kv[1][1]):
             if total <= self.max_bytes:
                 break
-            if download_id in self._bodies or when > recent:
-                continue  # Being read or fetched, or just now.
+            if download_id in self._bodies or download_id in self._held or when > recent:
+                continue  # Open, being read or fetched, or read just now.
             del self._usage[download_id]
             self._complete.discard(download_id)
             total -= used

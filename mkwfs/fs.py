@@ -205,7 +205,9 @@ class MkwfsOperations(pyfuse3.Operations):
 
     @override
     async def release(self, fh: FileHandleT) -> None:
-        self._open_files.pop(fh, None)
+        opened = self._open_files.pop(fh, None)
+        if opened is not None:
+            self._tree.close(opened)
 
     @override
     async def statfs(self, ctx: RequestContext) -> StatvfsData:

@@ -143,6 +143,8 @@ class OpenFile:
     ino: int
     keep_cache: bool
     snapshot: bytes | None = None
+    #: The download whose body this handle reads, held in the cache until ``close``.
+    download_id: int | None = None
 
 
 # -- nodes ------------------------------------------------------------------------------
@@ -744,12 +746,20 @@ class Tree:
         ``.build.json`` is taken as it is now, for this handle to read."""
         node = self._node(ino)
         match node:
-            case _File() | _Member(entry=zipview.Entry(is_dir=False)):
-                return OpenFile(ino, keep_cache=True)
+            case _File(download=download) | _Member(
+                archive=_Archive(download=download), entry=zipview.Entry(is_dir=False)
+            ):
+                self._content.hold(download.id)
+                return OpenFile(ino, keep_cache=True, download_id=download.id)
             case _BuildJson(build=build):
                 return OpenFile(ino, keep_cache=False, snapshot=await self._json_of(build))
             case _:
                 raise IsADirectory(f"inode {ino} cannot be read: it is not a file")
+
+    def close(self, opened: OpenFile) -> None:
+        """The kernel released a handle that ``open`` gave."""
+        if opened.download_id is not None:
+            self._content.release(opened.download_id)
 
     async def read(self, ino: int, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset``; fewer only at the end of the file."""

@@ -288,8 +288,9 @@ async def test_a_reader_that_stops_early_does_not_download_everything(
 
 
 async def test_the_cache_stays_within_max_bytes(
-    emulator: Emulator, base_url: str, tmp_path: Path
+    emulator: Emulator, base_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(content, "_EVICTION_GRACE", 0.2)
     downloads = [d["id"] for d in emulator.downloads_of(DEMO_BUILD)]
     sizes = {i: len(body(emulator, i)) for i in downloads}
     limit = sum(sizes.values()) - min(sizes.values()) // 2
@@ -320,3 +321,25 @@ def test_recent_writes_serve_only_what_they_hold_exactly(monkeypatch: pytest.Mon
     assert body.recent_bytes(0, 5) is None
     assert body.recent_bytes(12, 14) == b"cd"
     assert body.recent_bytes(45, 50) == b"PQRST"
+
+
+async def test_an_open_file_is_never_evicted(
+    emulator: Emulator, base_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(content, "_EVICTION_GRACE", 0.2)
+    downloads = [d["id"] for d in emulator.downloads_of(DEMO_BUILD)]
+    sizes = {i: len(body(emulator, i)) for i in downloads}
+    limit = sum(sizes.values()) - min(sizes.values()) // 2
+    content_dir = tmp_path / "cache" / "content"
+    async with open_store(emulator, base_url, tmp_path / "cache", max_bytes=limit) as store:
+        store.hold(downloads[0])  # as fs.open does
+        for download_id in downloads:
+            assert await read_all(store, download_id) == body(emulator, download_id)
+            await trio.sleep(content._EVICTION_GRACE + 0.1)
+        assert (content_dir / str(downloads[0])).exists()  # the oldest, but open
+        assert not (content_dir / str(downloads[1])).exists()  # the next oldest went
+        store.release(downloads[0])
+        assert await read_all(store, downloads[1]) == body(emulator, downloads[1])
+        await trio.sleep(content._EVICTION_GRACE + 0.1)
+        assert await read_all(store, downloads[2]) == body(emulator, downloads[2])
+    assert not (content_dir / str(downloads[0])).exists()  # closed: it may go now

@@ -216,6 +216,7 @@ class ContentStore:
         self._stats = ContentStats()
         self._dir = cache_dir / "content"
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._dir.chmod(0o700)  # mkwfs's own directory: private even if it existed before
         self._nursery = nursery
         self._sizes: dict[int, int] = {}
         self._sizes_loaded = False

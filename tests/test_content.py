@@ -343,3 +343,13 @@ async def test_an_open_file_is_never_evicted(
         await trio.sleep(content._EVICTION_GRACE + 0.1)
         assert await read_all(store, downloads[2]) == body(emulator, downloads[2])
     assert not (content_dir / str(downloads[0])).exists()  # closed: it may go now
+
+
+async def test_the_content_directory_is_private_even_if_it_existed(
+    emulator: Emulator, base_url: str, tmp_path: Path
+) -> None:
+    loose = tmp_path / "cache" / "content"
+    loose.mkdir(parents=True, mode=0o777)
+    loose.chmod(0o777)
+    async with open_store(emulator, base_url, tmp_path / "cache"):
+        assert loose.stat().st_mode & 0o777 == 0o700

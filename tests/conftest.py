@@ -43,6 +43,17 @@ MOUNT_READY_TIMEOUT = 20.0
 DEFAULT_WATCHDOG = 120.0
 
 
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """XDG_CONFIG_HOME and XDG_CACHE_HOME in tmp_path, no MKWFS_* variables of the caller."""
+    for name in list(os.environ):
+        if name.startswith("MKWFS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    yield tmp_path
+
+
 def require(condition: bool, reason: str) -> None:
     """Skip the test for ``reason`` unless ``condition``; under CI=true fail instead."""
     if condition:

@@ -5,9 +5,7 @@ Commands run in-process through ``main()``; the end-to-end ones are in test_e2e_
 from __future__ import annotations
 
 import argparse
-import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,17 +27,6 @@ from mkwfs.errors import (
 
 COMMANDS = ["mount", "umount", "demo", "status", "refresh", "prefetch", "login", "logout",
             "config"]  # fmt: skip
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """XDG_CONFIG_HOME and XDG_CACHE_HOME in tmp_path, no MKWFS_* variables of the caller."""
-    for name in list(os.environ):
-        if name.startswith("MKWFS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    yield tmp_path
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

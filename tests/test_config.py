@@ -4,7 +4,6 @@ and the daemon hand-off."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,15 +28,10 @@ MOUNT_NAMES = [o.name for o in OPTIONS]
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """XDG_CONFIG_HOME and XDG_CACHE_HOME in tmp_path, no MKWFS_* variables of the caller."""
-    for name in list(os.environ):
-        if name.startswith("MKWFS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    (tmp_path / "config" / "mkwfs").mkdir(parents=True)
-    yield tmp_path
+def home(home: Path) -> Path:
+    """The shared ``home``, with the config directory made."""
+    (home / "config" / "mkwfs").mkdir(parents=True)
+    return home
 
 
 def write_config(home: Path, text: str) -> Path:

@@ -35,7 +35,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard, TypeVar
 
-import httpcore
 import httpx
 import trio
 
@@ -58,12 +57,6 @@ from mkwfs.models import Build, ContentInfo, Download, parse_build, parse_downlo
 __all__ = ["ApiClient", "ApiStats", "Credentials", "DownloadStream", "RetryPolicy"]
 
 logger = logging.getLogger("mkwfs.api")
-
-# httpcore receives a response 64 KiB at a time, and each receive is a trip through h11 and
-# trio that costs more than the copy: download bodies then cost ~3.5 times the CPU of 1 MiB
-# receives (measured on trio over loopback). A receive returns what has arrived, up to this,
-# so small responses are not delayed. httpcore reads the class attribute on every receive.
-httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
 
 T = TypeVar("T")
 

@@ -38,6 +38,7 @@ from mkwfs.content import ContentStore, open_content_store
 from mkwfs.control import serve_control
 from mkwfs.errors import MkwfsError
 from mkwfs.fs import MkwfsOperations
+from mkwfs.transport import CurlTransport
 from mkwfs.tree import BUILDS_INODE, ROOT_INODE, Tree
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,10 @@ def _mount_options(config: Config) -> set[str]:
 
 
 def open_http_client() -> httpx.AsyncClient:
-    """One pooled client for the whole mount."""
+    """One pooled client for the whole mount, on libcurl (see `mkwfs.transport`)."""
     return httpx.AsyncClient(
+        transport=CurlTransport(max_connections=32),
         timeout=httpx.Timeout(30.0, connect=10.0),
-        limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
         headers={"User-Agent": f"mkwfs/{__version__}"},
     )
 

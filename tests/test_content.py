@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 
@@ -22,6 +21,7 @@ from mkwfs.content import ContentStore, open_content_store
 from mkwfs.emulator import BIG_ZIP, DEMO_BUILD, Emulator, EmulatorConfig, serve_in_thread
 from mkwfs.errors import ProtocolError, ServerError, TransportError
 from mkwfs.extents import Extents
+from mkwfs.mount import open_http_client
 
 GET = "GET /api/v1/downloads/:id"
 HEAD = "HEAD /api/v1/downloads/:id"
@@ -43,7 +43,7 @@ def base_url(emulator: Emulator) -> Iterator[str]:
 async def open_store(
     emulator: Emulator, url: str, cache: Path, **options: Any
 ) -> AsyncIterator[ContentStore]:
-    async with httpx.AsyncClient() as http:
+    async with open_http_client() as http:
         api = ApiClient(http, url, Credentials(token=emulator.issue_token()), RetryPolicy(1))
         async with open_content_store(api, cache, **options) as store:
             yield store

@@ -1,0 +1,416 @@
+"""An httpx transport on libcurl, driven by trio: the wire under `ApiClient`.
+
+httpx's own transport parses and copies every byte in Python on the trio thread, the thread
+that also answers every FUSE request: a cold read was bound by it at about half the peer's
+speed, and a size probe cost about 2 ms of it (h11, httpcore's pool, trio sockets).
+`CurlTransport` gives the requests to one libcurl multi handle (pycurl), which does the
+connections, TLS, HTTP parsing and buffering in C. trio watches libcurl's sockets and timer
+and tells libcurl when they are ready; Python runs only in the callbacks that pass header
+lines and body pieces over. httpx keeps the policy (the client, headers, redirects, errors);
+this module is I/O only. Worker threads were tried first: each 16 KiB callback then waits
+for the GIL, and the transfers ran at half the speed.
+
+libcurl keeps the connections (``max_connections`` at most, reused across requests) and
+queues requests beyond them. When a body's reader falls behind, its transfer pauses and TCP
+pushes back on the server, so an unread body never piles up in memory. Closing a response
+early aborts its transfer.
+
+Timeouts follow httpx's: ``connect`` bounds the connection, ``read`` each wait for the next
+bytes (of the head or the body). Failures raise the matching ``httpx.TransportError``.
+
+The transport lives in an ``async with`` block (an ``httpx.AsyncClient``'s): its socket and
+timer tasks run in a nursery of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any, Final, Self
+
+import certifi
+import httpx
+import pycurl
+import trio
+
+__all__ = ["CurlTransport"]
+
+log = logging.getLogger("mkwfs.transport")
+
+#: Body bytes received for a reader before its transfer pauses.
+QUEUE_LIMIT: Final = 4 << 20
+#: Bytes libcurl receives from a socket at once (it passes them on 16 KiB at a time).
+RECEIVE_BUFFER: Final = 512 << 10
+
+# libcurl codes that pycurl names only by their old (FTP) name or not at all.
+_WEIRD_SERVER_REPLY: Final = 8
+_HTTP2_STREAM: Final = 92
+_CONNECT_ERRORS: Final = frozenset(
+    {
+        pycurl.E_COULDNT_RESOLVE_PROXY,
+        pycurl.E_COULDNT_RESOLVE_HOST,
+        pycurl.E_COULDNT_CONNECT,
+        pycurl.E_SSL_CONNECT_ERROR,
+        pycurl.E_PEER_FAILED_VERIFICATION,
+        pycurl.E_SSL_CERTPROBLEM,
+        pycurl.E_SSL_CIPHER,
+        pycurl.E_SSL_CACERT_BADFILE,
+    }
+)
+_PROTOCOL_ERRORS: Final = frozenset(
+    {
+        _WEIRD_SERVER_REPLY,
+        _HTTP2_STREAM,
+        pycurl.E_HTTP2,
+        pycurl.E_PARTIAL_FILE,
+        pycurl.E_GOT_NOTHING,
+        pycurl.E_BAD_CONTENT_ENCODING,
+    }
+)
+#: Request headers libcurl writes itself from the body it is given.
+_OWN_HEADERS: Final = frozenset({b"content-length", b"transfer-encoding"})
+
+
+class CurlTransport(httpx.AsyncBaseTransport):
+    """`httpx.AsyncBaseTransport` over one libcurl multi handle. Use it in ``async with``
+    (directly, or as the transport of an ``httpx.AsyncClient`` used so)."""
+
+    def __init__(self, *, max_connections: int = 32) -> None:
+        self._multi = pycurl.CurlMulti()
+        self._multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, max_connections)
+        self._multi.setopt(pycurl.M_MAXCONNECTS, max_connections)
+        self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+        self._idle: list[pycurl.Curl] = []
+        self._exchanges: dict[pycurl.Curl, _Exchange] = {}
+        self._sockets: dict[int, _Socket] = {}
+        self._deadline = math.inf
+        self._timer_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._nursery_manager: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
+
+    async def __aenter__(self) -> Self:
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        self._nursery.start_soon(self._serve_timer)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for exchange in list(self._exchanges.values()):
+            self._drop(exchange)
+        nursery, manager = self._nursery, self._nursery_manager
+        self._nursery = self._nursery_manager = None
+        if nursery is not None and manager is not None:
+            nursery.cancel_scope.cancel()
+            await manager.__aexit__(None, None, None)
+        for handle in self._idle:
+            handle.close()
+        self._idle.clear()
+        self._multi.close()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._nursery is None:
+            raise RuntimeError("CurlTransport is used outside its async with block")
+        timeouts = request.extensions.get("timeout", {})
+        body = await request.aread() if request.method not in ("GET", "HEAD") else b""
+        handle = self._idle.pop() if self._idle else pycurl.Curl()
+        exchange = _Exchange(request, handle, timeouts.get("read"))
+        exchange.configure(body, timeouts.get("connect"))
+        self._exchanges[handle] = exchange
+        self._multi.add_handle(handle)
+        try:
+            await exchange.wait_for_head()
+        except BaseException:
+            self._drop(exchange)
+            raise
+        return exchange.response(_Body(self, exchange))
+
+    # -- libcurl's sockets and timer -----------------------------------------------------------
+
+    def _on_socket(self, what: int, fd: int, multi: Any, data: Any) -> None:
+        """libcurl wants ``fd`` watched for ``what`` (or no longer: POLL_REMOVE)."""
+        socket = self._sockets.get(fd)
+        if what == pycurl.POLL_REMOVE:
+            if socket is not None:
+                del self._sockets[fd]
+                socket.change(0)
+            return
+        if socket is None:
+            socket = self._sockets[fd] = _Socket(fd)
+        socket.change(what)
+        if self._nursery is not None:
+            for direction in (pycurl.POLL_IN, pycurl.POLL_OUT):
+                if what & direction and direction not in socket.watched:
+                    socket.watched.add(direction)
+                    self._nursery.start_soon(self._watch, socket, direction)
+
+    async def _watch(self, socket: _Socket, direction: int) -> None:
+        """Tell libcurl each time ``socket`` is ready in ``direction``, while it asks."""
+        if direction == pycurl.POLL_IN:
+            wait, event = trio.lowlevel.wait_readable, pycurl.CSELECT_IN
+        else:
+            wait, event = trio.lowlevel.wait_writable, pycurl.CSELECT_OUT
+        while socket.what:
+            if not socket.what & direction:
+                await socket.changed.wait()
+                continue
+            try:
+                await wait(socket.fd)
+            except (trio.ClosedResourceError, trio.BusyResourceError):
+                await trio.lowlevel.checkpoint()  # the interest changed meanwhile: look again
+                continue
+            self._act(socket.fd, event)
+
+    def _on_timer(self, milliseconds: int) -> None:
+        self._deadline = math.inf if milliseconds < 0 else trio.current_time() + milliseconds / 1e3
+        self._timer_changed.set()
+
+    async def _serve_timer(self) -> None:
+        while True:
+            self._timer_changed = trio.Event()
+            with trio.move_on_at(self._deadline):
+                await self._timer_changed.wait()
+                continue
+            self._deadline = math.inf
+            self._act(pycurl.SOCKET_TIMEOUT, 0)
+
+    def _act(self, fd: int, event: int) -> None:
+        """Let libcurl work on ``fd`` (or its timeouts), then hand out finished transfers."""
+        try:
+            while self._multi.socket_action(fd, event)[0] == pycurl.E_CALL_MULTI_PERFORM:
+                pass
+            while True:
+                queued, succeeded, failed = self._multi.info_read()
+                for handle in succeeded:
+                    self._finish(handle, pycurl.E_OK, "")
+                for handle, code, message in failed:
+                    self._finish(handle, code, message)
+                if not queued:
+                    break
+        except pycurl.error:  # libcurl broke its own state: nothing to recover here
+            log.exception("libcurl failed")
+
+    def _finish(self, handle: pycurl.Curl, code: int, message: str) -> None:
+        exchange = self._exchanges.get(handle)
+        if exchange is not None:
+            exchange.finish(code, message)
+            self._release(exchange)
+
+    def _drop(self, exchange: _Exchange) -> None:
+        """Abort a transfer whose reader went away (nothing if it has finished)."""
+        if self._exchanges.get(exchange.handle) is exchange:  # the handle may serve another
+            exchange.abandon()
+            self._release(exchange)
+
+    def _release(self, exchange: _Exchange) -> None:
+        handle = exchange.handle
+        del self._exchanges[handle]
+        self._multi.remove_handle(handle)
+        handle.reset()  # drops the callbacks, and with them the exchange
+        self._idle.append(handle)
+
+    def _resume(self, exchange: _Exchange) -> None:
+        if self._exchanges.get(exchange.handle) is exchange:
+            exchange.handle.pause(pycurl.PAUSE_CONT)
+
+
+class _Socket:
+    """A socket of libcurl's: what it wants watched (POLL_IN/OUT bits, 0 once removed)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.what = 0
+        self.watched: set[int] = set()
+        self.changed = trio.Event()
+
+    def change(self, what: int) -> None:
+        if what == self.what:
+            return
+        self.what = what
+        # Wakes a task waiting on the descriptor (trio.ClosedResourceError), which then looks
+        # again; libcurl may close the descriptor as soon as this returns.
+        trio.lowlevel.notify_closing(self.fd)
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class _Exchange:
+    """One request on one curl handle: its head and body as libcurl passes them over."""
+
+    def __init__(self, request: httpx.Request, handle: pycurl.Curl, read: float | None) -> None:
+        self.request = request
+        self.handle = handle
+        self.read_timeout = math.inf if read is None else read
+        self._status_line = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._has_head = False
+        self._chunks: list[bytes] = []
+        self._queued = 0
+        self.paused = False
+        self._finished = False
+        self._error: Exception | None = None
+        self._abandoned = False
+        self._changed = trio.Event()
+
+    def configure(self, body: bytes, connect_timeout: float | None) -> None:
+        request, handle = self.request, self.handle
+        handle.setopt(pycurl.URL, str(request.url))
+        handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        handle.setopt(pycurl.NOSIGNAL, 1)
+        handle.setopt(pycurl.CAINFO, certifi.where())
+        handle.setopt(pycurl.BUFFERSIZE, RECEIVE_BUFFER)
+        handle.setopt(pycurl.TCP_KEEPALIVE, 1)
+        if connect_timeout is not None:
+            handle.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, round(connect_timeout * 1000)))
+        if request.method == "HEAD":
+            handle.setopt(pycurl.NOBODY, 1)
+        elif request.method == "GET":
+            handle.setopt(pycurl.HTTPGET, 1)
+        else:
+            handle.setopt(pycurl.CUSTOMREQUEST, request.method)
+            handle.setopt(pycurl.POSTFIELDS, body)
+        headers = [
+            f"{name.decode('latin-1')}: {value.decode('latin-1')}"
+            for name, value in request.headers.raw
+            if name.lower() not in _OWN_HEADERS
+        ]
+        handle.setopt(pycurl.HTTPHEADER, [*headers, "Expect:"])
+        handle.setopt(pycurl.HEADERFUNCTION, self._on_header_line)
+        handle.setopt(pycurl.WRITEFUNCTION, self._on_body)
+
+    # -- libcurl's callbacks (inside socket_action: they must not raise) ------------------------
+
+    def _on_header_line(self, line: bytes) -> None:
+        # Every response's head comes here: a 1xx's or a proxy's CONNECT answer before the
+        # real one, and trailers after it. The head is complete at the first body byte or
+        # at the end of the transfer.
+        if line.startswith(b"HTTP/"):
+            self._status_line, self._headers = line.rstrip(), []
+        elif line.strip() and not self._has_head:
+            name, _, value = line.partition(b":")
+            self._headers.append((name.strip(), value.strip()))
+
+    def _on_body(self, data: bytes) -> int | None:
+        if self._abandoned:
+            return 0  # libcurl aborts the transfer
+        if self._queued >= QUEUE_LIMIT:
+            self.paused = True
+            return pycurl.WRITEFUNC_PAUSE  # libcurl passes the same bytes again on resume
+        self._has_head = True
+        self._chunks.append(data)
+        self._queued += len(data)
+        self._wake()
+        return None
+
+    def finish(self, code: int, message: str) -> None:
+        """The transfer is over: with ``code`` E_OK, or the libcurl error ``code``."""
+        self._finished = True
+        if code != pycurl.E_OK:
+            self._error = self._mapped(code, message or f"libcurl error {code}")
+        self._wake()
+
+    def abandon(self) -> None:
+        self._abandoned = True
+        self._chunks.clear()
+        self._finished = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+    async def _changes(self) -> None:
+        self._changed = trio.Event()
+        await self._changed.wait()
+
+    # -- the reader's side ---------------------------------------------------------------------
+
+    async def wait_for_head(self) -> None:
+        with trio.move_on_after(self.read_timeout) as waited:
+            while not (self._has_head or self._finished):
+                await self._changes()
+        if waited.cancelled_caught:
+            raise httpx.ReadTimeout(f"no answer in {self.read_timeout:g} s", request=self.request)
+        if self._error is not None:
+            raise self._error
+
+    def response(self, stream: _Body) -> httpx.Response:
+        version, _, rest = self._status_line.partition(b" ")
+        _, _, reason = rest.partition(b" ")
+        return httpx.Response(
+            _status(self._status_line),
+            headers=self._headers,
+            stream=stream,
+            extensions={"http_version": version, "reason_phrase": reason},
+        )
+
+    async def next_chunk(self, resume: Callable[[_Exchange], None]) -> bytes | None:
+        """All the body that arrived since the last call (waiting for some); None at its end.
+        ``resume`` restarts the transfer if it paused for this reader."""
+        with trio.move_on_after(self.read_timeout) as waited:
+            while not (self._chunks or self._finished):
+                await self._changes()
+        if waited.cancelled_caught:
+            raise httpx.ReadTimeout(
+                f"nothing received for {self.read_timeout:g} s", request=self.request
+            )
+        if self._chunks:
+            chunk = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+            self._chunks = []
+            self._queued = 0
+            if self.paused:
+                self.paused = False
+                resume(self)
+            return chunk
+        if self._error is not None:
+            raise self._error
+        return None
+
+    def _mapped(self, code: int, message: str) -> httpx.TransportError:
+        """The httpx exception for a libcurl failure."""
+        request = self.request
+        if code == pycurl.E_OPERATION_TIMEDOUT:
+            if self.handle.getinfo(pycurl.CONNECT_TIME) == 0:
+                return httpx.ConnectTimeout(message, request=request)
+            return httpx.ReadTimeout(message, request=request)
+        if code in _CONNECT_ERRORS:
+            return httpx.ConnectError(message, request=request)
+        if code in _PROTOCOL_ERRORS:
+            return httpx.RemoteProtocolError(message, request=request)
+        if code == pycurl.E_SEND_ERROR:
+            return httpx.WriteError(message, request=request)
+        if code == pycurl.E_RECV_ERROR:
+            return httpx.ReadError(message, request=request)
+        return httpx.NetworkError(message, request=request)
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, transport: CurlTransport, exchange: _Exchange) -> None:
+        self._transport = transport
+        self._exchange = exchange
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            while (chunk := await self._exchange.next_chunk(self._transport._resume)) is not None:
+                yield chunk
+        except httpx.ReadTimeout:
+            self._transport._drop(self._exchange)
+            raise
+
+    async def aclose(self) -> None:
+        self._transport._drop(self._exchange)
+
+
+def _status(status_line: bytes) -> int:
+    parts = status_line.split(None, 2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0

@@ -1,0 +1,192 @@
+"""CurlTransport over real HTTP on loopback, against the emulator: what httpx sees, bodies
+under backpressure, early closes, failures mapped to httpx's exceptions, and concurrency."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from mkwfs import transport
+from mkwfs.emulator import BIG_ZIP, DEMO_BUILD, Emulator, EmulatorConfig, serve_in_thread
+from mkwfs.mount import open_http_client
+
+SIZE = 8 * 2**20
+DOWNLOAD = "GET /api/v1/downloads/:id"
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Emulator:
+    return Emulator(EmulatorConfig(big_file_size=SIZE, data_dir=tmp_path / "data"))
+
+
+@pytest.fixture
+def base_url(emulator: Emulator) -> Iterator[str]:
+    with serve_in_thread(emulator) as url:
+        yield url
+
+
+@asynccontextmanager
+async def client(emulator: Emulator) -> AsyncIterator[httpx.AsyncClient]:
+    async with open_http_client() as http:
+        http.headers["Authorization"] = f"Bearer {emulator.issue_token()}"
+        yield http
+
+
+def configure(emulator: Emulator, **changes: object) -> None:
+    emulator.config = dataclasses.replace(emulator.config, **changes)  # type: ignore[arg-type]
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_requests_and_answers_pass_through(emulator: Emulator, base_url: str) -> None:
+    async with client(emulator) as http:
+        listed = await http.get(f"{base_url}/api/v1/downloads", params={"build_id": DEMO_BUILD})
+        assert listed.status_code == 200
+        assert listed.headers["content-type"].startswith("application/json")
+        assert listed.extensions["http_version"] == b"HTTP/1.1"
+        assert isinstance(listed.json(), list)
+
+        head = await http.head(f"{base_url}/api/v1/downloads/{BIG_ZIP}")
+        assert head.status_code == 200
+        assert int(head.headers["content-length"]) == emulator.body_path(BIG_ZIP).stat().st_size
+        assert head.content == b""
+
+        missing = await http.get(f"{base_url}/api/v1/downloads/999999")
+        assert missing.status_code == 404
+        assert missing.json()["name"] == "NotFound"
+
+        ranged = await http.get(
+            f"{base_url}/api/v1/downloads/{BIG_ZIP}", headers={"Range": "bytes=10-19"}
+        )
+        assert ranged.status_code == 206
+        assert ranged.content == emulator.body_path(BIG_ZIP).read_bytes()[10:20]
+
+        config = emulator.config
+        login = await http.post(
+            f"{base_url}/authentication",
+            json={"strategy": "local", "email": config.email, "password": config.password},
+        )
+        assert login.status_code == 201
+        assert login.json()["accessToken"]
+
+
+async def test_a_slow_reader_pauses_the_transfer_and_gets_every_byte(
+    emulator: Emulator, base_url: str
+) -> None:
+    expected = emulator.body_path(BIG_ZIP).read_bytes()
+    queued: list[int] = []
+    received = bytearray()
+    async with (
+        client(emulator) as http,
+        http.stream("GET", f"{base_url}/api/v1/downloads/{BIG_ZIP}") as response,
+    ):
+        async for chunk in response.aiter_raw():
+            received += chunk
+            queued.append(len(chunk))
+            await trio.sleep(0.01)  # libcurl fills the queue meanwhile, then pauses
+    assert digest(bytes(received)) == digest(expected)
+    # What waits for the reader stays bounded (a callback's 16 KiB may come on top).
+    assert max(queued) <= transport.QUEUE_LIMIT + 16 * 1024
+    assert max(queued) > 1024 * 1024  # it did pile up while the reader slept
+
+
+async def test_closing_a_body_early_aborts_it_and_the_next_request_works(
+    emulator: Emulator, base_url: str
+) -> None:
+    async with client(emulator) as http:
+        for _ in range(3):
+            async with http.stream("GET", f"{base_url}/api/v1/downloads/{BIG_ZIP}") as response:
+                async for _chunk in response.aiter_raw():
+                    break
+        sent_so_far = emulator.bytes_sent
+        whole = await http.get(f"{base_url}/api/v1/downloads/{BIG_ZIP}")
+        assert digest(whole.content) == digest(emulator.body_path(BIG_ZIP).read_bytes())
+    # Three aborted bodies did not run to their end: far less than three bodies were sent.
+    assert sent_so_far < 2 * SIZE
+
+
+async def test_many_concurrent_requests_all_get_their_own_answer(
+    emulator: Emulator, base_url: str
+) -> None:
+    listed = emulator.handle(
+        httpx.Request(
+            "GET",
+            f"{base_url}/api/v1/downloads?build_id={DEMO_BUILD}",
+            headers={"Authorization": f"Bearer {emulator.issue_token()}"},
+        )
+    ).json()
+    ids = [item["id"] for item in listed]
+    sizes: dict[int, int] = {}
+    async with client(emulator) as http:
+        limiter = trio.CapacityLimiter(48)  # more than the transport's connections
+
+        async def probe(download_id: int) -> None:
+            async with limiter:
+                response = await http.head(f"{base_url}/api/v1/downloads/{download_id}")
+                sizes[download_id] = int(response.headers["content-length"])
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for _ in range(20):
+                    for download_id in ids:
+                        nursery.start_soon(probe, download_id)
+    assert sizes == {i: emulator.body_path(i).stat().st_size for i in ids}
+
+
+async def test_a_refused_connection_is_a_connect_error(emulator: Emulator) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    async with client(emulator) as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get(f"http://127.0.0.1:{port}/api/v1/builds")
+
+
+async def test_a_cut_body_is_a_protocol_or_read_error(emulator: Emulator, base_url: str) -> None:
+    async with client(emulator) as http:
+        configure(emulator, drop_after=1024 * 1024)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.get(f"{base_url}/api/v1/downloads/{BIG_ZIP}")
+        configure(emulator, drop_after=None, reset_after=1024 * 1024)
+        with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
+            await http.get(f"{base_url}/api/v1/downloads/{BIG_ZIP}")
+        configure(emulator, reset_after=None)
+        whole = await http.get(f"{base_url}/api/v1/downloads/{BIG_ZIP}")
+        assert digest(whole.content) == digest(emulator.body_path(BIG_ZIP).read_bytes())
+
+
+async def test_a_stalled_body_is_a_read_timeout(emulator: Emulator, base_url: str) -> None:
+    configure(emulator, stall_after=64 * 1024, stall_seconds=30.0)
+    async with client(emulator) as http:
+        with trio.fail_after(10), pytest.raises(httpx.ReadTimeout):
+            await http.get(f"{base_url}/api/v1/downloads/{BIG_ZIP}", timeout=httpx.Timeout(1.0))
+
+
+async def test_a_cancelled_request_leaves_the_transport_usable(
+    emulator: Emulator, base_url: str
+) -> None:
+    configure(emulator, latency=5.0)
+    async with client(emulator) as http:
+        with trio.move_on_after(0.2) as waited:
+            await http.get(f"{base_url}/api/v1/builds")
+        assert waited.cancelled_caught
+        configure(emulator, latency=0.0)
+        with trio.fail_after(10):
+            answer = await http.get(f"{base_url}/api/v1/builds")
+        assert answer.status_code == 200
+
+
+async def test_the_transport_must_be_entered(emulator: Emulator, base_url: str) -> None:
+    http = httpx.AsyncClient(transport=transport.CurlTransport())
+    with pytest.raises(RuntimeError, match="async with"):
+        await http.get(f"{base_url}/api/v1/builds")

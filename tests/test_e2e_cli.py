@@ -396,11 +396,14 @@ def test_quiet_by_default_debug_logs_each_request_and_no_secret_anywhere(
     assert done.returncode == 0, done.stderr
     path = mounted.path / "builds" / str(DEMO_BUILD) / name
     size = len(read_cold(path))
+    download_id = plain_names(emulator, DEMO_BUILD)[name]["id"]
+    exchange = f"GET /api/v1/downloads/{download_id} ->"
+    # Logged when the response is closed, which may be just after the reader got its bytes.
+    wait_for(lambda: exchange in mounted.log(), timeout=10)
     log = mounted.log()
     assert "POST /authentication -> 201" in log
     assert f"GET /api/v1/downloads?build_id={DEMO_BUILD} -> 200, " in log
-    download_id = plain_names(emulator, DEMO_BUILD)[name]["id"]
-    lines = [line for line in log.splitlines() if f"GET /api/v1/downloads/{download_id} ->" in line]
+    lines = [line for line in log.splitlines() if exchange in line]
     # method and path -> status, bytes, time (a body may come as 200, or as 206 to a Range)
     assert lines and re.search(rf"-> 20[06], {size} bytes, \d+ ms$", lines[0]), lines
 

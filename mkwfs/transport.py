@@ -341,8 +341,8 @@ class _Exchange:
                 await self._changes()
         if waited.cancelled_caught:
             raise httpx.ReadTimeout(f"no answer in {self.read_timeout:g} s", request=self.request)
-        if self._error is not None:
-            raise self._error
+        if self._error is not None and not self._has_head:
+            raise self._error  # else the body that came is read first, then this is raised
 
     def response(self, stream: _Body) -> httpx.Response:
         version, _, rest = self._status_line.partition(b" ")

@@ -6,6 +6,8 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
+import random
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -353,3 +355,40 @@ async def test_the_content_directory_is_private_even_if_it_existed(
     loose.chmod(0o777)
     async with open_store(emulator, base_url, tmp_path / "cache"):
         assert loose.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_the_disk_writer_puts_every_piece_where_it_belongs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    """Direct writes where O_DIRECT exists, else through the page cache. Unaligned starts,
+    pieces of any size, held-back ends, a final write."""
+    if not direct:
+        monkeypatch.delattr(os, "O_DIRECT")
+    path = tmp_path / "body.part"
+    rng = random.Random(7)
+    payload = rng.randbytes(9 * 2**20 + 123)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        writer = content._DiskWriter(os.fspath(path), fd)
+        assert (writer._direct is not None) == direct
+        position = 1000  # an unaligned start, as a ranged fetch has
+        held = b""
+        while position < len(payload):
+            sizes = [rng.randrange(1, 700_000) for _ in range(rng.randrange(1, 5))]
+            pieces, at = [held], position + len(held)
+            for size in sizes:
+                pieces.append(payload[at : at + size])
+                at += size
+            final = at >= len(payload)
+            written = writer.write(pieces, position, final)
+            assert written <= sum(map(len, pieces))
+            assert final or not direct or (position + written) % 4096 == 0
+            held = content._tail(pieces, sum(map(len, pieces)) - written)
+            position += written
+            if final:
+                assert not held
+        writer.close()
+        assert os.pread(fd, len(payload), 0)[1000:] == payload[1000:]
+    finally:
+        os.close(fd)

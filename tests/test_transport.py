@@ -153,7 +153,16 @@ async def test_a_refused_connection_is_a_connect_error(emulator: Emulator) -> No
 
 
 async def test_a_cut_body_is_a_protocol_or_read_error(emulator: Emulator, base_url: str) -> None:
+    expected = emulator.body_path(BIG_ZIP).read_bytes()
     async with client(emulator) as http:
+        configure(emulator, drop_after=1024 * 1024)
+        received = bytearray()
+        with pytest.raises(httpx.RemoteProtocolError):
+            async with http.stream("GET", f"{base_url}/api/v1/downloads/{BIG_ZIP}") as response:
+                async for chunk in response.aiter_raw():
+                    received += chunk
+        assert bytes(received) == expected[: 1024 * 1024]  # what came is read, then the error
+
         configure(emulator, drop_after=1024 * 1024)
         with pytest.raises(httpx.RemoteProtocolError):
             await http.get(f"{base_url}/api/v1/downloads/{BIG_ZIP}")

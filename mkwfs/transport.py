@@ -140,15 +140,12 @@ class CurlTransport(httpx.AsyncBaseTransport):
 
     def _on_socket(self, what: int, fd: int, multi: Any, data: Any) -> None:
         """libcurl wants ``fd`` watched for ``what`` (or no longer: POLL_REMOVE)."""
+        # A descriptor's watchers stay for the next socket with its number (libcurl removes
+        # a connection's socket after each request, and adds it again for the next one).
         socket = self._sockets.get(fd)
-        if what == pycurl.POLL_REMOVE:
-            if socket is not None:
-                del self._sockets[fd]
-                socket.change(0)
-            return
         if socket is None:
             socket = self._sockets[fd] = _Socket(fd)
-        socket.change(what)
+        socket.change(0 if what == pycurl.POLL_REMOVE else what)
         if self._nursery is not None:
             for direction in (pycurl.POLL_IN, pycurl.POLL_OUT):
                 if what & direction and direction not in socket.watched:
@@ -161,7 +158,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
             wait, event = trio.lowlevel.wait_readable, pycurl.CSELECT_IN
         else:
             wait, event = trio.lowlevel.wait_writable, pycurl.CSELECT_OUT
-        while socket.what:
+        while True:
             if not socket.what & direction:
                 await socket.changed.wait()
                 continue
@@ -226,7 +223,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
 
 
 class _Socket:
-    """A socket of libcurl's: what it wants watched (POLL_IN/OUT bits, 0 once removed)."""
+    """A descriptor of libcurl's: what it wants watched (POLL_IN/OUT bits, 0: nothing)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd

@@ -22,7 +22,9 @@
     ├── NotADirectory               a path goes through a file                    ENOTDIR
     ├── IsADirectory                a file operation on a directory               EISDIR
     ├── NotASymlink                 readlink of something that is not a link      EINVAL
-    └── NoSuchAttribute             no such extended attribute                    ENODATA
+    ├── NoSuchAttribute             no such extended attribute                    ENODATA
+    └── UnsupportedAttribute        an attribute namespace mkwfs has not (security.,
+                                    system.: labels, ACLs)                        ENOTSUP
 
 Every layer catches what the layer below raises and re-raises one of these with
 ``raise ... from exc``; the FUSE edge (``fs.py``) turns ``.errno`` into ``FUSEError``.
@@ -79,6 +81,14 @@ class NoSuchAttribute(MkwfsError):
     """The node has no extended attribute of that name (the API left the field out)."""
 
     errno = _errno.ENODATA
+
+
+class UnsupportedAttribute(MkwfsError):
+    """Extended attributes outside ``user.`` (security labels, ACLs) do not exist here.
+    ENOTSUP, unlike ENODATA, tells ``ls -l`` and file managers to stop asking for the
+    rest of the mount: two FUSE requests fewer for every file listed."""
+
+    errno = _errno.ENOTSUP
 
 
 class ApiError(MkwfsError):

@@ -71,6 +71,7 @@ from mkwfs.errors import (
     NotADirectory,
     NotASymlink,
     TransportError,
+    UnsupportedAttribute,
 )
 from mkwfs.models import Build, Download
 from mkwfs.names import file_names, is_probe_name
@@ -733,8 +734,11 @@ class Tree:
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         """One extended attribute; ``NoSuchAttribute`` (ENODATA) when the node has none
-        of that name, for instance a field the API left out or sent as null."""
+        of that name, for instance a field the API left out or sent as null, and
+        ``UnsupportedAttribute`` (ENOTSUP) outside the ``user.`` namespace."""
         # ls and file managers ask for ACLs and security labels: answered without I/O.
+        if not name.startswith(b"user."):
+            raise UnsupportedAttribute(f"no {name!r} attributes on this file system")
         value = (await self.xattrs(ino)).get(name) if name.startswith(views.XATTR_PREFIX) else None
         if value is None:
             raise NoSuchAttribute(f"no attribute {name!r} on inode {ino}")

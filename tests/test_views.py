@@ -26,7 +26,13 @@ from mkwfs.emulator import (
     Emulator,
     EmulatorConfig,
 )
-from mkwfs.errors import NoSuchAttribute, NoSuchEntry, NotASymlink, PermissionDenied
+from mkwfs.errors import (
+    NoSuchAttribute,
+    NoSuchEntry,
+    NotASymlink,
+    PermissionDenied,
+    UnsupportedAttribute,
+)
 from mkwfs.tree import (
     BUILDS_INODE,
     MEMBER_BASE,
@@ -206,7 +212,7 @@ async def test_xattrs_carry_the_apis_fields_and_missing_ones_are_enodata(
         mock_clock.jump(6.0)  # the running build's record is stale now
         before = emulator.requests[BUILD]
         for name in (b"security.selinux", b"system.posix_acl_access"):  # what ls asks
-            with pytest.raises(NoSuchAttribute):
+            with pytest.raises(UnsupportedAttribute):
                 await tree.getxattr(directory.ino, name)
         assert emulator.requests[BUILD] == before
     assert emulator.requests[GET] == 0

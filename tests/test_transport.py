@@ -16,7 +16,7 @@ import trio
 
 from mkwfs import transport
 from mkwfs.emulator import BIG_ZIP, DEMO_BUILD, Emulator, EmulatorConfig, serve_in_thread
-from mkwfs.mount import open_http_client
+from mkwfs.mount import _CookielessClient, open_http_client
 
 SIZE = 8 * 2**20
 DOWNLOAD = "GET /api/v1/downloads/:id"
@@ -199,3 +199,18 @@ async def test_the_transport_must_be_entered(emulator: Emulator, base_url: str) 
     http = httpx.AsyncClient(transport=transport.CurlTransport())
     with pytest.raises(RuntimeError, match="async with"):
         await http.get(f"{base_url}/api/v1/builds")
+
+
+async def test_the_mount_client_keeps_no_cookies() -> None:
+    """The API takes a bearer token; a Set-Cookie is not sent back (nor parsed at all)."""
+    seen: list[str | None] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"Set-Cookie": "session=abc; Path=/"})
+
+    async with _CookielessClient(transport=httpx.MockTransport(handle)) as http:
+        await http.get("http://api.example/one")
+        await http.get("http://api.example/two")
+        assert not http.cookies
+    assert seen == [None, None]

@@ -199,8 +199,9 @@ class _Body:
                 return False
         return True
 
-    def recent_bytes(self, start: int, end: int) -> bytes | None:
-        """``[start, end)`` from the recent writes, or None unless they hold all of it."""
+    def recent_bytes(self, start: int, end: int) -> bytes | memoryview | None:
+        """``[start, end)`` from the recent bytes, or None unless they hold all of it: a
+        view when one piece holds it (no copy), else a copy."""
         parts = []
         while start < end:
             for offset, data in reversed(self._recent):
@@ -211,7 +212,7 @@ class _Body:
                     break
             else:
                 return None
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def notify(self) -> None:
         self._changed.set()
@@ -397,6 +398,11 @@ class ContentStore:
 
     async def read(self, download_id: int, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset``; fewer only at the end of the body."""
+        return bytes(await self.read_buffer(download_id, offset, length))
+
+    async def read_buffer(self, download_id: int, offset: int, length: int) -> bytes | memoryview:
+        """``read``, but perhaps a view of bytes in memory: for a FUSE reply, which copies
+        them anyway, one copy less."""
         self._stats.reads += 1
         self._touch(download_id)
         try:
@@ -750,7 +756,7 @@ class ContentStore:
     async def _arrived(body: _Body, start: int, end: int) -> bytes | None:
         """``[start, end)`` from memory or disk; None unless all of it has arrived."""
         if (recent := body.recent_bytes(start, end)) is not None:
-            return recent
+            return bytes(recent)
         if not body.extents.covers(start, end):
             return None
         return await trio.to_thread.run_sync(os.pread, body.fd, end - start, start)

@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import pyfuse3
 from pyfuse3 import (
@@ -201,7 +201,10 @@ class MkwfsOperations(pyfuse3.Operations):
         if opened.snapshot is not None:
             return opened.snapshot[off : off + size]
         with _fuse_errors("read", self._tree, opened.ino):
-            return await self._tree.read(opened.ino, off, size)
+            data = await self._tree.read(opened.ino, off, size)
+        # pyfuse3 replies from any contiguous buffer (PyObject_GetBuffer): a view of the
+        # bytes in memory is sent without copying them into a bytes object first.
+        return cast(bytes, data)
 
     @override
     async def release(self, fh: FileHandleT) -> None:

@@ -750,8 +750,9 @@ class Tree:
         ``.build.json`` is taken as it is now, for this handle to read."""
         node = self._node(ino)
         match node:
-            case _File(download=download) | _Member(
-                archive=_Archive(download=download), entry=zipview.Entry(is_dir=False)
+            case (
+                _File(download=download)
+                | _Member(archive=_Archive(download=download), entry=zipview.Entry(is_dir=False))
             ):
                 self._content.hold(download.id)
                 return OpenFile(ino, keep_cache=True, download_id=download.id)
@@ -765,13 +766,14 @@ class Tree:
         if opened.download_id is not None:
             self._content.release(opened.download_id)
 
-    async def read(self, ino: int, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes at ``offset``; fewer only at the end of the file."""
+    async def read(self, ino: int, offset: int, length: int) -> bytes | memoryview:
+        """Up to ``length`` bytes at ``offset``; fewer only at the end of the file. Perhaps
+        a view of bytes in memory (see ``ContentStore.read_buffer``)."""
         node = self._node(ino)
         match node:
             case _File(download=download):
                 await self._known_size(download.id)
-                return await self._content.read(download.id, offset, length)
+                return await self._content.read_buffer(download.id, offset, length)
             case _Member(archive=archive, entry=entry) if not entry.is_dir:
                 return await self._members.read(archive.download.id, entry, offset, length)
             case _BuildJson(build=build):

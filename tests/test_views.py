@@ -97,7 +97,7 @@ async def read_all(tree: Tree, ino: int) -> bytes:
     opened = await tree.open(ino)
     if opened.snapshot is not None:
         return opened.snapshot
-    return await tree.read(ino, 0, 1 << 30)
+    return bytes(await tree.read(ino, 0, 1 << 30))
 
 
 # -- projects and patterns -----------------------------------------------------------

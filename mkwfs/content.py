@@ -97,6 +97,8 @@ _MIN_FETCH = 64 * 1024
 #: copied to an aligned buffer of this size first.
 _BLOCK = 4096
 _DIRECT_STAGE = 4 * _MiB
+#: Smaller fetches are written through the page cache (opening for O_DIRECT costs more).
+_DIRECT_MIN = 1 * _MiB
 #: Bytes written between two records of what is on disk (``.map``).
 _MAP_INTERVAL = 16 * _MiB
 #: How long closing the store waits for fetches to put what arrived on disk.
@@ -631,9 +633,13 @@ class ContentStore:
             await self._copy(stream, body, fetch)
 
     async def _copy(self, stream: DownloadStream, body: _Body, fetch: _Fetch) -> None:
-        writer = await trio.to_thread.run_sync(
-            _DiskWriter, self._path(body.download_id, ".part"), body.fd
-        )
+        end = min(fetch.end or _EVERYTHING, body.size or _EVERYTHING)
+        if end - fetch.position >= _DIRECT_MIN:
+            writer = await trio.to_thread.run_sync(
+                _DiskWriter, self._path(body.download_id, ".part"), body.fd
+            )
+        else:
+            writer = _DiskWriter(None, body.fd)  # a small fetch: through the page cache
         try:
             await self._copy_with(writer, stream, body, fetch)
         finally:
@@ -953,10 +959,13 @@ class _DiskWriter:
     last piece of a block is held back until more comes (``final`` writes it anyway).
     Runs in worker threads, one call at a time."""
 
-    def __init__(self, path: str, fd: int) -> None:
+    def __init__(self, path: str | None, fd: int) -> None:
+        """Direct writes to ``path`` (None: none), the rest through ``fd``."""
         self._fd = fd
         self._direct: int | None = None
         self._stage: mmap.mmap | None = None
+        if path is None:
+            return
         with contextlib.suppress(OSError, AttributeError):  # tmpfs, or no O_DIRECT at all
             self._direct = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
             self._stage = mmap.mmap(-1, _DIRECT_STAGE)  # page-aligned, as O_DIRECT wants

@@ -77,6 +77,8 @@ FIRST_READ = 64 * 1024
 QUICK_BIG_FILE_SIZE = 16 * MiB
 PARALLEL_READERS = 8
 SAME_FILE_READERS = 10
+#: Size probes mkwfs sends at once (content._CONCURRENT_PROBES): curl's floor uses as many.
+PROBES_AT_ONCE = 16
 #: Listen backlog of the servers this script runs. socketserver's default of 5 drops the
 #: SYNs of a burst of new connections (8 parallel readers, 16 concurrent size probes), and
 #: each dropped SYN costs a 1 s retransmit: a figure of the test server, not of the client.
@@ -961,14 +963,23 @@ def _requests(counts: Counts, prefix: str = "") -> Cell:
 
 
 def _curl(
-    session: Session, header_file: Path, urls: Sequence[str]
+    session: Session,
+    header_file: Path,
+    urls: Sequence[str],
+    *,
+    head: bool = False,
+    at_once: int | None = None,
 ) -> list[tuple[float, float, int]]:
-    """Download ``urls`` to /dev/null with one curl (in parallel if several); per URL the
-    seconds to the first byte, the total seconds and the bytes. The token is in a header
-    file, never on the command line."""
+    """Download ``urls`` to /dev/null with one curl (in parallel if several, ``at_once`` at
+    a time, default all), or only ask for their heads; per URL the seconds to the first
+    byte, the total seconds and the bytes. The token is in a header file, never on the
+    command line."""
     argv = ["curl", "--silent", "--show-error", "--fail", "-H", f"@{header_file}"]
+    if head:
+        argv.append("--head")
     if len(urls) > 1:
-        argv += ["--parallel", "--parallel-immediate", "--parallel-max", str(len(urls))]
+        parallel = str(at_once or len(urls))
+        argv += ["--parallel", "--parallel-immediate", "--parallel-max", parallel]
     argv += ["-w", r"%{time_starttransfer} %{time_total} %{size_download}\n"]
     for url in urls:
         argv += ["-o", "/dev/null", url]
@@ -984,7 +995,7 @@ def _curl(
 
 def measure_curl(session: Session, server: Server, results: Results) -> None:
     if shutil.which("curl") is None:
-        for key in ("cold", "ttfb", "par"):
+        for key in ("cold", "ttfb", "par", "ls_time"):
             record(results, "curl", key, na("curl is not installed"))
         return
     header_file = session.root / "curl-headers"
@@ -1007,10 +1018,21 @@ def measure_curl(session: Session, server: Server, results: Results) -> None:
         _curl(session, header_file, urls)
         record(results, "curl", "par", _ms(time.perf_counter() - started))
 
+    def probes() -> None:
+        """The server's own floor for a cold ls -l: a HEAD for every file, as many at a
+        time as mkwfs sends, with nothing else (no list, no FUSE)."""
+        urls = [server.download_url(f) for f in server.large_files]
+        started = time.perf_counter()
+        _curl(session, header_file, urls, head=True, at_once=PROBES_AT_ONCE)
+        elapsed = time.perf_counter() - started
+        note = f"{len(urls)} HEADs, {PROBES_AT_ONCE} at a time: the server's floor"
+        record(results, "curl", "ls_time", Cell(elapsed, f"{elapsed:.3f}", note))
+
     guarded(results, "curl", ["cold"], cold)
     guarded(results, "curl", ["ttfb"], ttfb)
     guarded(results, "curl", ["par"], parallel)
-    not_applicable = ("warm", "ls_time", "ls_reqs", "ls2_time", "ls2_reqs", "same", "rss")
+    guarded(results, "curl", ["ls_time"], probes)
+    not_applicable = ("warm", "ls_reqs", "ls2_time", "ls2_reqs", "same", "rss")
     for key in (*not_applicable, "zip_reqs", "zip_extra", "zip_time"):
         record(results, "curl", key, Cell(None, "—"))
 

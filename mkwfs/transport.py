@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Final, Self
@@ -265,7 +266,7 @@ class _Exchange:
         handle.setopt(pycurl.URL, str(request.url))
         handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
         handle.setopt(pycurl.NOSIGNAL, 1)
-        handle.setopt(pycurl.CAINFO, certifi.where())
+        _trust(handle)
         handle.setopt(pycurl.BUFFERSIZE, RECEIVE_BUFFER)
         handle.setopt(pycurl.TCP_KEEPALIVE, 1)
         if connect_timeout is not None:
@@ -406,6 +407,17 @@ class _Body(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self._transport._drop(self._exchange)
+
+
+def _trust(handle: pycurl.Curl) -> None:
+    """The certificates https is checked against, chosen as httpx chooses them:
+    ``$SSL_CERT_FILE``, else ``$SSL_CERT_DIR``, else certifi's bundle."""
+    if cafile := os.environ.get("SSL_CERT_FILE"):
+        handle.setopt(pycurl.CAINFO, cafile)
+    elif capath := os.environ.get("SSL_CERT_DIR"):
+        handle.setopt(pycurl.CAPATH, capath)
+    else:
+        handle.setopt(pycurl.CAINFO, certifi.where())
 
 
 def _status(status_line: bytes) -> int:

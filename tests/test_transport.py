@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import socket
+import ssl
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,9 +15,17 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trustme
 
 from mkwfs import transport
-from mkwfs.emulator import BIG_ZIP, DEMO_BUILD, Emulator, EmulatorConfig, serve_in_thread
+from mkwfs.emulator import (
+    BIG_ZIP,
+    DEMO_BUILD,
+    Emulator,
+    EmulatorConfig,
+    _HTTPServer,
+    serve_in_thread,
+)
 from mkwfs.mount import _CookielessClient, open_http_client
 
 SIZE = 8 * 2**20
@@ -214,3 +224,40 @@ async def test_the_mount_client_keeps_no_cookies() -> None:
         await http.get("http://api.example/two")
         assert not http.cookies
     assert seen == [None, None]
+
+
+@pytest.fixture
+def https_url(emulator: Emulator, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The emulator over https with a certificate of a test CA: (base URL, the CA's PEM)."""
+    authority = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    server = _HTTPServer(("127.0.0.1", 0), emulator)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_port}", ca_file
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+async def test_https_is_checked_against_the_certificates_httpx_would_use(
+    emulator: Emulator, https_url: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, ca_file = https_url
+    expected = emulator.body_path(BIG_ZIP).read_bytes()
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    async with client(emulator) as http:
+        with trio.fail_after(30):
+            answer = await http.get(f"{url}/api/v1/downloads/{BIG_ZIP}")
+        assert digest(answer.content) == digest(expected)
+    monkeypatch.delenv("SSL_CERT_FILE")  # certifi's bundle does not know the test CA
+    async with client(emulator) as http:
+        with trio.fail_after(30), pytest.raises(httpx.ConnectError):
+            await http.get(f"{url}/api/v1/builds")

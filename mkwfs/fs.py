@@ -44,7 +44,7 @@ _NS = 1_000_000_000
 #: Preferred I/O size reported in st_blksize: large reads from cp and friends.
 _BLOCK_SIZE = 128 * 1024
 #: Answers that are part of normal use (``ls`` asks for ACL xattrs no file has): no warning.
-_ROUTINE_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENODATA})
+_ROUTINE_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENODATA, errno.ENOTSUP})
 _MODES = {
     Kind.DIR: stat.S_IFDIR | 0o555,
     Kind.FILE: stat.S_IFREG | 0o444,

@@ -8,6 +8,8 @@ object without an integer ``id``); the API client turns that into ``ProtocolErro
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +43,14 @@ class Build:
             if value is not None:
                 return value
         return 0.0
+
+    @functools.cached_property
+    def indented_json(self) -> bytes:
+        """The object as the API sent it, indented (``.build.json``). Kept: a listing of a
+        build needs its size, and a build with 1000 downloads takes milliseconds to encode."""
+        return (json.dumps(self.raw, indent=2, ensure_ascii=False) + "\n").encode(
+            "utf-8", "replace"
+        )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -264,4 +263,4 @@ def xattrs(kind: str, fields: Sequence[str], raw: Mapping[str, Any]) -> dict[byt
 
 def build_json(build: Build) -> bytes:
     """The bytes of ``.build.json``: the build object as the API sent it, indented."""
-    return (json.dumps(build.raw, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "replace")
+    return build.indented_json

@@ -633,29 +633,17 @@ class ContentStore:
             await self._copy(stream, body, fetch)
 
     async def _copy(self, stream: DownloadStream, body: _Body, fetch: _Fetch) -> None:
-        end = min(fetch.end or _EVERYTHING, body.size or _EVERYTHING)
-        if end - fetch.position >= _DIRECT_MIN:
-            writer = await trio.to_thread.run_sync(
-                _DiskWriter, self._path(body.download_id, ".part"), body.fd
-            )
-        else:
-            writer = _DiskWriter(None, body.fd)  # a small fetch: through the page cache
-        try:
-            await self._copy_with(writer, stream, body, fetch)
-        finally:
-            writer.close()
-
-    async def _copy_with(
-        self, writer: _DiskWriter, stream: DownloadStream, body: _Body, fetch: _Fetch
-    ) -> None:
         """Network to disk, the disk writes batched while the network keeps going; stops
         when the range is done, runs into bytes on disk, or readers stay away."""
         send, receive = trio.open_memory_channel[bytes](_QUEUED_CHUNKS)
         failure: list[Exception] = []
 
         async def write_batches(cancel: trio.CancelScope) -> None:
+            writer: _DiskWriter | None = None
             held = b""  # what the writer held back: a piece of a block, until more comes
             try:
+                # Opened here, so that the first bytes reach readers without waiting for it.
+                writer = await self._open_writer(body, fetch)
                 async for chunk in receive:
                     batch = [held, chunk]
                     while True:
@@ -671,6 +659,8 @@ class ContentStore:
             except OSError as exc:
                 failure.append(exc)
             finally:
+                if writer is not None:
+                    writer.close()
                 # Stop the network side before it can see the channel closed.
                 cancel.cancel()
                 receive.close()
@@ -701,6 +691,13 @@ class ContentStore:
                 failure.append(exc)
         if failure:
             raise failure[0]
+
+    async def _open_writer(self, body: _Body, fetch: _Fetch) -> _DiskWriter:
+        end = min(fetch.end or _EVERYTHING, body.size or _EVERYTHING)
+        if end - fetch.position < _DIRECT_MIN:
+            return _DiskWriter(None, body.fd)  # a small fetch: through the page cache
+        path = self._path(body.download_id, ".part")
+        return await trio.to_thread.run_sync(_DiskWriter, path, body.fd)
 
     @staticmethod
     def _room(body: _Body, fetch: _Fetch, position: int) -> int:

@@ -43,6 +43,9 @@ log = logging.getLogger("mkwfs.transport")
 
 #: Body bytes received for a reader before its transfer pauses.
 QUEUE_LIMIT: Final = 4 << 20
+#: The same before the reader got its first bytes. libcurl reads what has arrived before it
+#: returns to trio: up to QUEUE_LIMIT at once would cost the first byte ~7 ms on loopback.
+FIRST_LIMIT: Final = 64 << 10
 #: Bytes libcurl receives from a socket at once (it passes them on 16 KiB at a time).
 RECEIVE_BUFFER: Final = 512 << 10
 
@@ -255,6 +258,7 @@ class _Exchange:
         self._has_head = False
         self._chunks: list[bytes] = []
         self._queued = 0
+        self._limit = FIRST_LIMIT
         self.paused = False
         self._finished = False
         self._error: Exception | None = None
@@ -302,7 +306,7 @@ class _Exchange:
     def _on_body(self, data: bytes) -> int | None:
         if self._abandoned:
             return 0  # libcurl aborts the transfer
-        if self._queued >= QUEUE_LIMIT:
+        if self._queued >= self._limit:
             self.paused = True
             return pycurl.WRITEFUNC_PAUSE  # libcurl passes the same bytes again on resume
         self._has_head = True
@@ -366,6 +370,7 @@ class _Exchange:
             chunk = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
             self._chunks = []
             self._queued = 0
+            self._limit = QUEUE_LIMIT
             if self.paused:
                 self.paused = False
                 resume(self)

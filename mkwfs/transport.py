@@ -171,6 +171,11 @@ class CurlTransport(httpx.AsyncBaseTransport):
             except (trio.ClosedResourceError, trio.BusyResourceError):
                 await trio.lowlevel.checkpoint()  # the interest changed meanwhile: look again
                 continue
+            except OSError as exc:  # not libcurl's any more: wait until it says otherwise
+                log.debug("socket %d cannot be watched: %s", socket.fd, exc)
+                socket.what = 0
+                await socket.changed.wait()
+                continue
             self._act(socket.fd, event)
 
     def _on_timer(self, milliseconds: int) -> None:

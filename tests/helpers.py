@@ -3,6 +3,7 @@ the real emulator through ``httpx.MockTransport`` (no sockets), and a running Tr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,11 @@ from mkwfs.emulator import Emulator
 from mkwfs.tree import Tree
 
 BASE_URL = "http://emulator.test"
+
+
+def configure(emulator: Emulator, **changes: object) -> None:
+    """Change some of a running emulator's settings (faults, modes)."""
+    emulator.config = dataclasses.replace(emulator.config, **changes)  # type: ignore[arg-type]
 
 
 @asynccontextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -24,6 +23,7 @@ from mkwfs.emulator import BIG_ZIP, DEMO_BUILD, Emulator, EmulatorConfig, serve_
 from mkwfs.errors import ProtocolError, ServerError, TransportError
 from mkwfs.extents import Extents
 from mkwfs.mount import open_http_client
+from tests.helpers import configure
 
 GET = "GET /api/v1/downloads/:id"
 HEAD = "HEAD /api/v1/downloads/:id"
@@ -49,10 +49,6 @@ async def open_store(
         api = ApiClient(http, url, Credentials(token=emulator.issue_token()), RetryPolicy(1))
         async with open_content_store(api, cache, **options) as store:
             yield store
-
-
-def configure(emulator: Emulator, **changes: object) -> None:
-    emulator.config = dataclasses.replace(emulator.config, **changes)  # type: ignore[arg-type]
 
 
 async def read_all(store: ContentStore, download_id: int, chunk: int = 128 * 1024) -> bytes:

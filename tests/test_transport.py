@@ -3,7 +3,6 @@ under backpressure, early closes, failures mapped to httpx's exceptions, and con
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import socket
 import ssl
@@ -27,6 +26,7 @@ from mkwfs.emulator import (
     serve_in_thread,
 )
 from mkwfs.mount import _CookielessClient, open_http_client
+from tests.helpers import configure
 
 SIZE = 8 * 2**20
 DOWNLOAD = "GET /api/v1/downloads/:id"
@@ -48,10 +48,6 @@ async def client(emulator: Emulator) -> AsyncIterator[httpx.AsyncClient]:
     async with open_http_client() as http:
         http.headers["Authorization"] = f"Bearer {emulator.issue_token()}"
         yield http
-
-
-def configure(emulator: Emulator, **changes: object) -> None:
-    emulator.config = dataclasses.replace(emulator.config, **changes)  # type: ignore[arg-type]
 
 
 def digest(data: bytes) -> str:

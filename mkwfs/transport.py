@@ -230,8 +230,14 @@ class CurlTransport(httpx.AsyncBaseTransport):
         self._idle.append(handle)
 
     def _resume(self, exchange: _Exchange) -> None:
-        if self._exchanges.get(exchange.handle) is exchange:
+        if self._exchanges.get(exchange.handle) is not exchange:
+            return
+        try:
             exchange.handle.pause(pycurl.PAUSE_CONT)
+        except pycurl.error as exc:  # the transfer broke meanwhile: its reader gets the error
+            code = exc.args[0] if isinstance(exc.args[0], int) else pycurl.E_RECV_ERROR
+            exchange.finish(code, str(exc.args[-1]))
+            self._release(exchange)
 
 
 class _Socket:

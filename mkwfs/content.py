@@ -192,18 +192,18 @@ class _Body:
 
     def has_recent(self, start: int, end: int) -> bool:
         """Whether the recent bytes hold all of ``[start, end)``."""
-        while start < end:
-            for offset, data in reversed(self._recent):
-                if offset <= start < offset + len(data):
-                    start = offset + len(data)
-                    break
-            else:
-                return False
-        return True
+        return self._recent_pieces(start, end) is not None
 
     def recent_bytes(self, start: int, end: int) -> bytes | memoryview | None:
         """``[start, end)`` from the recent bytes, or None unless they hold all of it: a
         view when one piece holds it (no copy), else a copy."""
+        parts = self._recent_pieces(start, end)
+        if parts is None:
+            return None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _recent_pieces(self, start: int, end: int) -> list[memoryview] | None:
+        """Views of the recent bytes that make up ``[start, end)``; None if any is missing."""
         parts = []
         while start < end:
             for offset, data in reversed(self._recent):
@@ -214,7 +214,13 @@ class _Body:
                     break
             else:
                 return None
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return parts
+
+    def want(self, end: int) -> None:
+        """A reader asked for the bytes up to ``end``: an open-ended fetch may go on."""
+        if end > self.demand:
+            self.demand = end
+            self.notify()
 
     def notify(self) -> None:
         self._changed.set()
@@ -370,7 +376,7 @@ class ContentStore:
         async with self._using(download_id) as body:
             if body is None:  # Completed meanwhile.
                 return await trio.to_thread.run_sync(os.path.getsize, self._path(download_id))
-            body.demand = _EVERYTHING
+            body.want(_EVERYTHING)
             while body.size is None:
                 await self._wait_for_progress(body, self._fetch_for(body, 0, 1))
             return body.size
@@ -444,9 +450,8 @@ class ContentStore:
         if offset >= end:
             return None
         recent = body.recent_bytes(offset, end)
-        if recent is not None and end > body.demand:
-            body.demand = end  # the fetch may go on ahead
-            body.notify()
+        if recent is not None:
+            body.want(end)
         return recent
 
     @asynccontextmanager
@@ -494,9 +499,7 @@ class ContentStore:
     async def _wait_for(self, body: _Body, offset: int, end: int) -> None:
         """Return once ``[offset, end)`` is on disk or in the recent bytes; raise when it
         cannot be had."""
-        if end > body.demand:
-            body.demand = end
-            body.notify()
+        body.want(end)
         while (gap := body.extents.first_gap(offset, end)) is not None:
             if body.has_recent(offset, end):
                 return  # arrived, on its way to the disk
@@ -711,8 +714,7 @@ class ContentStore:
             raise failure[0]
 
     async def _open_writer(self, body: _Body, fetch: _Fetch) -> _DiskWriter:
-        end = min(fetch.end or _EVERYTHING, body.size or _EVERYTHING)
-        if end - fetch.position < _DIRECT_MIN:
+        if self._room(body, fetch, fetch.position) < _DIRECT_MIN:
             return _DiskWriter(None, body.fd)  # a small fetch: through the page cache
         path = self._path(body.download_id, ".part")
         return await trio.to_thread.run_sync(_DiskWriter, path, body.fd)

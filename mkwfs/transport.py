@@ -352,12 +352,16 @@ class _Exchange:
 
     # -- the reader's side ---------------------------------------------------------------------
 
-    async def wait_for_head(self) -> None:
+    async def _wait_until(self, ready: Callable[[], bool], what: str) -> None:
+        """Wait until ``ready()``; ``httpx.ReadTimeout`` after the read timeout."""
         with trio.move_on_after(self.read_timeout) as waited:
-            while not (self._has_head or self._finished):
+            while not ready():
                 await self._changes()
         if waited.cancelled_caught:
-            raise httpx.ReadTimeout(f"no answer in {self.read_timeout:g} s", request=self.request)
+            raise httpx.ReadTimeout(f"{what} for {self.read_timeout:g} s", request=self.request)
+
+    async def wait_for_head(self) -> None:
+        await self._wait_until(lambda: self._has_head or self._finished, "no answer")
         if self._error is not None and not self._has_head:
             raise self._error  # else the body that came is read first, then this is raised
 
@@ -374,17 +378,11 @@ class _Exchange:
     async def next_chunk(self, resume: Callable[[_Exchange], None]) -> bytes | None:
         """All the body that arrived since the last call (waiting for some); None at its end.
         ``resume`` restarts the transfer if it paused for this reader."""
-        with trio.move_on_after(self.read_timeout) as waited:
-            self._hungry = True
-            try:
-                while not (self._chunks or self._finished):
-                    await self._changes()
-            finally:
-                self._hungry = False
-        if waited.cancelled_caught:
-            raise httpx.ReadTimeout(
-                f"nothing received for {self.read_timeout:g} s", request=self.request
-            )
+        self._hungry = True
+        try:
+            await self._wait_until(lambda: bool(self._chunks) or self._finished, "nothing received")
+        finally:
+            self._hungry = False
         if self._chunks:
             chunk = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
             self._chunks = []

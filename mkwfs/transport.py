@@ -28,6 +28,7 @@ import contextlib
 import logging
 import math
 import os
+import select
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Final, Self
@@ -77,6 +78,12 @@ _PROTOCOL_ERRORS: Final = frozenset(
         pycurl.E_BAD_CONTENT_ENCODING,
     }
 )
+#: What epoll watches for libcurl's POLL_ values.
+_EPOLL_MASKS: Final = {
+    pycurl.POLL_IN: select.EPOLLIN,
+    pycurl.POLL_OUT: select.EPOLLOUT,
+    pycurl.POLL_INOUT: select.EPOLLIN | select.EPOLLOUT,
+}
 #: Request headers libcurl writes itself from the body it is given.
 _OWN_HEADERS: Final = frozenset({b"content-length", b"transfer-encoding"})
 
@@ -93,7 +100,10 @@ class CurlTransport(httpx.AsyncBaseTransport):
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         self._idle: list[pycurl.Curl] = []
         self._exchanges: dict[pycurl.Curl, _Exchange] = {}
-        self._sockets: dict[int, _Socket] = {}
+        #: libcurl's sockets, watched in an epoll set of their own that trio watches: libcurl
+        #: changes its interest twice per request, which this follows with one system call.
+        self._epoll = select.epoll()
+        self._interest: dict[int, int] = {}
         self._deadline = math.inf
         self._timer_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -103,6 +113,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         self._nursery.start_soon(self._serve_timer)
+        self._nursery.start_soon(self._serve_sockets)
         return self
 
     async def __aexit__(
@@ -125,6 +136,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
             handle.close()
         self._idle.clear()
         self._multi.close()
+        self._epoll.close()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._nursery is None:
@@ -146,40 +158,36 @@ class CurlTransport(httpx.AsyncBaseTransport):
     # -- libcurl's sockets and timer -----------------------------------------------------------
 
     def _on_socket(self, what: int, fd: int, multi: Any, data: Any) -> None:
-        """libcurl wants ``fd`` watched for ``what`` (or no longer: POLL_REMOVE)."""
-        # A descriptor's watchers stay for the next socket with its number (libcurl removes
-        # a connection's socket after each request, and adds it again for the next one).
-        socket = self._sockets.get(fd)
-        if socket is None:
-            socket = self._sockets[fd] = _Socket(fd)
-        socket.change(0 if what == pycurl.POLL_REMOVE else what)
-        if self._nursery is not None:
-            for direction in (pycurl.POLL_IN, pycurl.POLL_OUT):
-                if what & direction and direction not in socket.watched:
-                    socket.watched.add(direction)
-                    self._nursery.start_soon(self._watch, socket, direction)
-
-    async def _watch(self, socket: _Socket, direction: int) -> None:
-        """Tell libcurl each time ``socket`` is ready in ``direction``, while it asks."""
-        if direction == pycurl.POLL_IN:
-            wait, event = trio.lowlevel.wait_readable, pycurl.CSELECT_IN
-        else:
-            wait, event = trio.lowlevel.wait_writable, pycurl.CSELECT_OUT
-        while True:
-            if not socket.what & direction:
-                await socket.changed.wait()
-                continue
+        """libcurl wants ``fd`` watched for ``what`` (or no longer: POLL_REMOVE). Called
+        inside socket_action: must not raise."""
+        mask = _EPOLL_MASKS.get(what, 0)
+        had = self._interest.pop(fd, 0)
+        if mask:
+            self._interest[fd] = mask
+        try:
             try:
-                await wait(socket.fd)
-            except (trio.ClosedResourceError, trio.BusyResourceError):
-                await trio.lowlevel.checkpoint()  # the interest changed meanwhile: look again
-                continue
-            except OSError as exc:  # not libcurl's any more: wait until it says otherwise
-                log.debug("socket %d cannot be watched: %s", socket.fd, exc)
-                socket.what = 0
-                await socket.changed.wait()
-                continue
-            self._act(socket.fd, event)
+                if had and mask:
+                    self._epoll.modify(fd, mask)
+                elif mask:
+                    self._epoll.register(fd, mask)
+                elif had:
+                    self._epoll.unregister(fd)
+            except FileNotFoundError:  # closed behind libcurl's back: the kernel dropped it
+                if mask:
+                    self._epoll.register(fd, mask)
+            except FileExistsError:  # a registration this set forgot
+                self._epoll.modify(fd, mask)
+        except OSError as exc:
+            log.debug("socket %d cannot be watched: %s", fd, exc)
+            self._interest.pop(fd, None)
+
+    async def _serve_sockets(self) -> None:
+        """Tell libcurl which of its sockets are ready, whenever some are."""
+        while True:
+            await trio.lowlevel.wait_readable(self._epoll.fileno())
+            for fd, mask in self._epoll.poll(0):
+                self._act(fd, _curl_events(mask))
+            self._hand_out()
 
     def _on_timer(self, milliseconds: int) -> None:
         self._deadline = math.inf if milliseconds < 0 else trio.current_time() + milliseconds / 1e3
@@ -193,12 +201,19 @@ class CurlTransport(httpx.AsyncBaseTransport):
                 continue
             self._deadline = math.inf
             self._act(pycurl.SOCKET_TIMEOUT, 0)
+            self._hand_out()
 
     def _act(self, fd: int, event: int) -> None:
-        """Let libcurl work on ``fd`` (or its timeouts), then hand out finished transfers."""
+        """Let libcurl work on ``fd`` (or, with SOCKET_TIMEOUT, on its timeouts)."""
         try:
             while self._multi.socket_action(fd, event)[0] == pycurl.E_CALL_MULTI_PERFORM:
                 pass
+        except pycurl.error:  # libcurl broke its own state: nothing to recover here
+            log.exception("libcurl failed")
+
+    def _hand_out(self) -> None:
+        """Hand out the transfers libcurl has finished."""
+        try:
             while True:
                 queued, succeeded, failed = self._multi.info_read()
                 for handle in succeeded:
@@ -238,26 +253,6 @@ class CurlTransport(httpx.AsyncBaseTransport):
             code = exc.args[0] if isinstance(exc.args[0], int) else pycurl.E_RECV_ERROR
             exchange.finish(code, str(exc.args[-1]))
             self._release(exchange)
-
-
-class _Socket:
-    """A descriptor of libcurl's: what it wants watched (POLL_IN/OUT bits, 0: nothing)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.what = 0
-        self.watched: set[int] = set()
-        self.changed = trio.Event()
-
-    def change(self, what: int) -> None:
-        if what == self.what:
-            return
-        self.what = what
-        # Wakes a task waiting on the descriptor (trio.ClosedResourceError), which then looks
-        # again; libcurl may close the descriptor as soon as this returns.
-        trio.lowlevel.notify_closing(self.fd)
-        self.changed.set()
-        self.changed = trio.Event()
 
 
 class _Exchange:
@@ -445,3 +440,15 @@ def _trust(handle: pycurl.Curl) -> None:
 def _status(status_line: bytes) -> int:
     parts = status_line.split(None, 2)
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def _curl_events(mask: int) -> int:
+    """libcurl's CSELECT_ bits for what epoll reported."""
+    events = 0
+    if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLRDHUP):
+        events |= pycurl.CSELECT_IN
+    if mask & select.EPOLLOUT:
+        events |= pycurl.CSELECT_OUT
+    if mask & select.EPOLLERR:
+        events |= pycurl.CSELECT_ERR
+    return events

@@ -1057,6 +1057,11 @@ class Emulator:
         self._servers: weakref.WeakSet[EmulatorServer] = weakref.WeakSet()
         self._body_locks: dict[Path, threading.Lock] = {}
         self._sizes: dict[Path, int] = {}
+        #: The file of each body spec, once generated (naming one costs a hash).
+        self._paths: dict[_BodySpec, Path] = {}
+        #: Tokens whose signature checked out, and their claims (a check costs two JSON
+        #: decodes and an HMAC, on every request).
+        self._verified: dict[str, JSON] = {}
 
     @property
     def config(self) -> EmulatorConfig:
@@ -1224,6 +1229,9 @@ class Emulator:
         writes a temporary file and renames it, and is skipped when the file exists."""
         with self._lock:
             spec = self._data.bodies[download_id]
+            known = self._paths.get(spec)
+        if known is not None:
+            return known
         # The name changes with anything that changes the bytes, so a stale file is never used.
         version = hashlib.sha256(f"{_BODY_FORMAT} {spec!r}".encode()).hexdigest()[:12]
         path = self._data_dir / f"{download_id}-seed{self._seed}-{version}.zip"
@@ -1234,6 +1242,8 @@ class Emulator:
                 if not path.exists():
                     self._generate(path, spec, random.Random(self._seed + download_id))
                 self._sizes[path] = path.stat().st_size
+        with self._lock:
+            self._paths[spec] = path
         return path
 
     def body_sha256(self, download_id: int) -> str:
@@ -1267,7 +1277,7 @@ class Emulator:
             response = _injected_response(*injected, config.retry_after)
         else:
             response = self._dispatch(method, route, request)
-            if method == "HEAD":
+            if method == "HEAD" and not isinstance(response.stream, FileBody) and response.content:
                 response = httpx.Response(response.status_code, headers=response.headers)
             elif (
                 config.malformed_json
@@ -1383,6 +1393,30 @@ class Emulator:
         token = token.strip()
         if scheme.lower() not in ("bearer", "jwt") or not token:
             return _error_response(401, "Not authenticated")
+        with self._lock:
+            claims = self._verified.get(token)
+        if claims is None:
+            claims_or_error = self._verify(token)
+            if isinstance(claims_or_error, httpx.Response):
+                return claims_or_error
+            claims = claims_or_error
+            with self._lock:
+                if len(self._verified) >= _TOKEN_RECORDS:
+                    self._verified.clear()
+                self._verified[token] = claims
+        expires = claims.get("exp")
+        if not isinstance(expires, int | float):
+            return _error_response(401, "invalid exp value")
+        with self._lock:  # the exact expiry of a token issued here; exp is whole seconds
+            expires = self._token_expiry.get(str(claims.get("jti")), expires)
+        if time.time() >= expires:
+            expired_at = _iso(dt.datetime.fromtimestamp(expires, dt.UTC))
+            data = {"name": "TokenExpiredError", "message": "jwt expired", "expiredAt": expired_at}
+            return _error_response(401, "jwt expired", data=data)
+        return None
+
+    def _verify(self, token: str) -> JSON | httpx.Response:
+        """The claims of a JWT signed here, else the 401 to answer with."""
         parts = token.split(".")
         try:
             header, claims = (json.loads(_b64decode(part)) for part in parts[:2])
@@ -1395,16 +1429,7 @@ class Emulator:
             return _error_response(401, "invalid algorithm")
         if not hmac.compare_digest(signature, self._sign(f"{parts[0]}.{parts[1]}")):
             return _error_response(401, "invalid signature")
-        expires = claims.get("exp")
-        if not isinstance(expires, int | float):
-            return _error_response(401, "invalid exp value")
-        with self._lock:  # the exact expiry of a token issued here; exp is whole seconds
-            expires = self._token_expiry.get(str(claims.get("jti")), expires)
-        if time.time() >= expires:
-            expired_at = _iso(dt.datetime.fromtimestamp(expires, dt.UTC))
-            data = {"name": "TokenExpiredError", "message": "jwt expired", "expiredAt": expired_at}
-            return _error_response(401, "jwt expired", data=data)
-        return None
+        return claims
 
     def _records(self, resource: str) -> list[JSON]:
         """A snapshot of the records of ``resource``."""
@@ -1669,7 +1694,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             _log.exception("emulator failed on %s %s", self.command, self.path)
             response = _error_response(500, "Internal emulator error")
         try:
-            time.sleep(response_delay(response))
+            if delay := response_delay(response):
+                time.sleep(delay)
             self.send_response(response.status_code)
             for name, value in response.headers.multi_items():
                 self.send_header(name, value)

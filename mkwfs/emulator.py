@@ -1057,8 +1057,8 @@ class Emulator:
         self._servers: weakref.WeakSet[EmulatorServer] = weakref.WeakSet()
         self._body_locks: dict[Path, threading.Lock] = {}
         self._sizes: dict[Path, int] = {}
-        #: The file of each body spec, once generated (naming one costs a hash).
-        self._paths: dict[_BodySpec, Path] = {}
+        #: The file of each download's body spec, once generated (naming one costs a hash).
+        self._paths: dict[tuple[int, _BodySpec], Path] = {}
         #: Tokens whose signature checked out, and their claims (a check costs two JSON
         #: decodes and an HMAC, on every request).
         self._verified: dict[str, JSON] = {}
@@ -1229,7 +1229,7 @@ class Emulator:
         writes a temporary file and renames it, and is skipped when the file exists."""
         with self._lock:
             spec = self._data.bodies[download_id]
-            known = self._paths.get(spec)
+            known = self._paths.get((download_id, spec))
         if known is not None:
             return known
         # The name changes with anything that changes the bytes, so a stale file is never used.
@@ -1243,7 +1243,7 @@ class Emulator:
                     self._generate(path, spec, random.Random(self._seed + download_id))
                 self._sizes[path] = path.stat().st_size
         with self._lock:
-            self._paths[spec] = path
+            self._paths[download_id, spec] = path
         return path
 
     def body_sha256(self, download_id: int) -> str:

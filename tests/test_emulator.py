@@ -553,6 +553,16 @@ def test_bodies_are_real_zips(emulator: Emulator, download_id: int) -> None:
     assert any(name.endswith((".sql", ".DTEMPLATE.zip")) for name in names)  # IICS nests them
 
 
+def test_each_download_has_a_body_of_its_own(emulator: Emulator) -> None:
+    """Downloads with the same kind of content still get their own bytes (and file), also
+    when their paths are asked for again."""
+    ids = [d["id"] for d in emulator.downloads_of(LARGE_BUILD)[:20]]
+    paths = [emulator.body_path(i) for i in ids]
+    assert len(set(paths)) == len(ids)
+    assert [emulator.body_path(i) for i in ids] == paths
+    assert len({p.read_bytes() for p in paths}) == len(ids)
+
+
 def test_iics_body_nests_zips_and_lists_contents(emulator: Emulator) -> None:
     with zipfile.ZipFile(emulator.body_path(DEMO_ZIP)) as archive:
         names = archive.namelist()

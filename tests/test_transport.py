@@ -8,7 +8,7 @@ import socket
 import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -20,6 +20,7 @@ from mkwfs import transport
 from mkwfs.emulator import (
     BIG_ZIP,
     DEMO_BUILD,
+    LARGE_BUILD,
     Emulator,
     EmulatorConfig,
     _HTTPServer,
@@ -259,3 +260,68 @@ async def test_https_is_checked_against_the_certificates_httpx_would_use(
     async with client(emulator) as http:
         with trio.fail_after(30), pytest.raises(httpx.ConnectError):
             await http.get(f"{url}/api/v1/builds")
+
+
+# -- batches of HEADs ---------------------------------------------------------------------------
+
+
+def large_ids(emulator: Emulator, count: int) -> list[int]:
+    return [d["id"] for d in emulator.downloads_of(LARGE_BUILD)[:count]]
+
+
+async def test_a_batch_of_heads_answers_each_url_once(emulator: Emulator, base_url: str) -> None:
+    ids = [*large_ids(emulator, 40), 999999]
+    urls = [f"{base_url}/api/v1/downloads/{i}" for i in ids]
+    headers = {"Authorization": f"Bearer {emulator.issue_token()}"}
+    answers: dict[int, transport.Head] = {}
+    async with open_http_client() as http:
+        batch = http.curl.heads(urls, headers, at_once=8, per_request=httpx.Timeout(10.0))
+        with trio.fail_after(30):
+            async for index, head in batch:
+                assert index not in answers
+                answers[index] = head
+        assert not http.curl._exchanges  # every handle went back
+    assert sorted(answers) == list(range(len(ids)))
+    for index, download_id in enumerate(ids[:-1]):
+        head = answers[index]
+        assert head.status == 200
+        assert head.error is None
+        assert int(head.headers["content-length"]) == emulator.body_path(download_id).stat().st_size
+        assert head.headers["accept-ranges"] == "bytes"
+    assert answers[len(ids) - 1].status == 404
+    assert emulator.requests["HEAD /api/v1/downloads/:id"] == len(ids)
+
+
+async def test_a_batch_head_without_an_answer_carries_the_error(emulator: Emulator) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    async with open_http_client() as http:
+        batch = http.curl.heads(
+            [f"http://127.0.0.1:{port}/x"], {}, at_once=4, per_request=httpx.Timeout(5.0)
+        )
+        with trio.fail_after(30):
+            answers = [answer async for answer in batch]
+    [(index, head)] = answers
+    assert index == 0
+    assert head.status == 0
+    assert isinstance(head.error, httpx.ConnectError)
+
+
+async def test_closing_a_batch_early_aborts_what_runs(emulator: Emulator, base_url: str) -> None:
+    ids = large_ids(emulator, 100)
+    urls = [f"{base_url}/api/v1/downloads/{i}" for i in ids]
+    headers = {"Authorization": f"Bearer {emulator.issue_token()}"}
+    configure(emulator, latency=0.2)
+    async with open_http_client() as http:
+        batch = http.curl.heads(urls, headers, at_once=4, per_request=httpx.Timeout(10.0))
+        with trio.fail_after(30):
+            async with aclosing(batch) as answers:
+                async for _ in answers:
+                    break
+            assert not http.curl._exchanges
+            configure(emulator, latency=0.0)
+            answer = await http.head(urls[-1], headers=headers)
+        assert answer.status_code == 200
+    # Only the first few were ever sent, not the hundred.
+    assert emulator.requests["HEAD /api/v1/downloads/:id"] <= 2 * 4 + 1

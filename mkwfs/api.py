@@ -30,10 +30,18 @@ import random
 import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, Protocol, TypeGuard, TypeVar
 
 import httpx
 import trio
@@ -53,6 +61,7 @@ from mkwfs.errors import (
     TransportError,
 )
 from mkwfs.models import Build, ContentInfo, Download, parse_build, parse_download
+from mkwfs.transport import Head
 
 __all__ = ["ApiClient", "ApiStats", "Credentials", "DownloadStream", "RetryPolicy"]
 
@@ -149,6 +158,19 @@ class ApiStats:
         self.last_error = what
 
 
+class HeadBatches(Protocol):
+    """A transport's batch of ``HEAD`` requests (`CurlTransport.heads`)."""
+
+    def heads(
+        self,
+        urls: Sequence[str],
+        headers: Mapping[str, str],
+        *,
+        at_once: int,
+        per_request: httpx.Timeout,
+    ) -> AsyncGenerator[tuple[int, Head], None]: ...
+
+
 class DownloadStream:
     """The body of a download response, open until its ``open_download`` block exits.
 
@@ -207,6 +229,9 @@ class ApiClient:
 
     ``requests`` counts the requests sent, by the emulator's endpoint keys
     (``"GET /api/v1/downloads/:id"``), failed ones included.
+
+    ``heads``, the batch path of the client's transport (`CurlTransport.heads`), makes
+    `probe_downloads` cheap; without it that method leaves every probe to `probe_download`.
     """
 
     def __init__(
@@ -215,6 +240,8 @@ class ApiClient:
         base_url: str,
         credentials: Credentials,
         retry: RetryPolicy = RetryPolicy(),
+        *,
+        heads: HeadBatches | None = None,
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -224,6 +251,9 @@ class ApiClient:
         if not credentials.token and not credentials.can_login:
             raise ConfigError("the API needs a token, or an email and a password")
         self._http = http
+        self._heads = heads
+        #: The server answered a HEAD with 405 or 501: probes go straight to a GET.
+        self._no_head = False
         self._base_url = str(url).rstrip("/")
         self._credentials = credentials
         self._retry = retry
@@ -282,12 +312,58 @@ class ApiClient:
         ``Range: bytes=0-0`` whose body is never read.
         """
         path = f"/api/v1/downloads/{download_id}"
-        try:
-            return await self._retrying(lambda: self._probe(path, "HEAD", {}))
-        except HTTPStatusError as exc:
-            if exc.status not in NO_HEAD_STATUSES:
-                raise
+        if not self._no_head:
+            try:
+                return await self._retrying(lambda: self._probe(path, "HEAD", {}))
+            except HTTPStatusError as exc:
+                if exc.status not in NO_HEAD_STATUSES:
+                    raise
+                self._no_head = True
         return await self._retrying(lambda: self._probe(path, "GET", {"Range": "bytes=0-0"}))
+
+    async def probe_downloads(
+        self, download_ids: Sequence[int], *, at_once: int
+    ) -> AsyncGenerator[tuple[int, ContentInfo | None], None]:
+        """Probe many downloads, ``at_once`` at a time (a directory's sizes), yielding each
+        id with what `probe_download` would say, in the order the answers come.
+
+        One ``HEAD`` each on the transport's batch path, and nothing more: an answer that
+        is not a plain 200 with a size (an error status, a 405, a failure, a token to log
+        in again for) yields None for its id, and stops the batch: the ids not answered
+        yet are yielded with None too. Ask `probe_download` for those; it knows logins,
+        retries and servers without ``HEAD``. Without a batch path, or once the server
+        refused ``HEAD``, every id is yielded with None.
+        """
+        heads = self._heads
+        if heads is None or self._no_head or not download_ids:
+            for download_id in download_ids:
+                yield download_id, None
+            return
+        token = await self._current_token()
+        headers = {
+            **self._http.headers,
+            "Accept-Encoding": "identity",
+            "Authorization": f"Bearer {token}",
+        }
+        paths = [f"/api/v1/downloads/{download_id}" for download_id in download_ids]
+        answered = [False] * len(paths)
+        started = time.perf_counter()
+        batch = heads.heads(
+            [self._url(path) for path in paths],
+            headers,
+            at_once=at_once,
+            per_request=self._http.timeout,
+        )
+        async with aclosing(batch) as answers:
+            async for index, head in answers:
+                answered[index] = True
+                info = self._batch_answer(f"HEAD {paths[index]}", head, started)
+                yield download_ids[index], info
+                if info is None:
+                    break
+        for index, download_id in enumerate(download_ids):
+            if not answered[index]:
+                yield download_id, None
 
     @asynccontextmanager
     async def open_download(
@@ -420,7 +496,7 @@ class ApiClient:
         try:
             response = await self._http.send(request, stream=True)
         except httpx.HTTPError as exc:
-            _log_exchange(request, type(exc).__name__, 0, started)
+            _log_exchange(_where(request), type(exc).__name__, 0, started)
             error = _map_httpx_error(exc, request)
             self.stats.failed(type(exc).__name__, str(error))
             raise error from exc
@@ -433,7 +509,25 @@ class ApiClient:
         finally:
             await response.aclose()
             self._count(request, response, failure)
-            _log_exchange(request, response.status_code, response.num_bytes_downloaded, started)
+            _log_exchange(
+                _where(request), response.status_code, response.num_bytes_downloaded, started
+            )
+
+    def _batch_answer(self, where: str, head: Head, started: float) -> ContentInfo | None:
+        """Count and log one answer of a batch, as ``_sent`` does a request's."""
+        self.requests["HEAD /api/v1/downloads/:id"] += 1
+        if head.error is not None:
+            _log_exchange(where, type(head.error).__name__, 0, started)
+            self.stats.failed(type(head.error).__name__, f"{where}: {head.error}")
+            return None
+        _log_exchange(where, head.status, 0, started)
+        if head.status >= 400:
+            self.stats.failed(f"HTTP {head.status}", f"{where}: {head.status}")
+        else:
+            self.stats.last_success = time.time()
+        if head.status in NO_HEAD_STATUSES:
+            self._no_head = True
+        return _plain_head_info(head)
 
     def _count(
         self, request: httpx.Request, response: httpx.Response, failure: ApiError | None
@@ -548,10 +642,10 @@ def _endpoint_key(request: httpx.Request) -> str:
     return f"{request.method} {_TRAILING_ID.sub('/:id', request.url.path)}"
 
 
-def _log_exchange(request: httpx.Request, outcome: int | str, size: int, started: float) -> None:
+def _log_exchange(where: str, outcome: int | str, size: int, started: float) -> None:
     logger.debug(
         "%s -> %s, %d bytes, %.0f ms",
-        _where(request),
+        where,
         outcome,
         size,
         (time.perf_counter() - started) * 1000,
@@ -757,8 +851,9 @@ def _parsed(parse: Callable[[object], T], item: object, where: str, url: str) ->
         raise ProtocolError(f"{where}: {exc}", url=url) from exc
 
 
-def _is_identity(response: httpx.Response) -> bool:
-    return response.headers.get("Content-Encoding", "identity").strip().lower() in ("", "identity")
+def _is_identity(headers: Mapping[str, str]) -> bool:
+    """Whether a body is sent as is. ``headers`` by lower-case name, or ``httpx.Headers``."""
+    return headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
 
 
 _CONTENT_RANGE = re.compile(r"bytes\s+([0-9]+)-([0-9]+)/([0-9]+|\*)", re.IGNORECASE)
@@ -786,7 +881,7 @@ def _content_range(response: httpx.Response, where: str) -> tuple[int, int, int 
 def _content_length(response: httpx.Response, where: str) -> int | None:
     """``Content-Length`` of a body sent as is; None when absent or content-encoded."""
     value = response.headers.get("Content-Length")
-    if value is None or not _is_identity(response):
+    if value is None or not _is_identity(response.headers):
         return None
     if _DIGITS.fullmatch(value.strip()) is None or int(value) > MAX_BODY_SIZE:
         raise ProtocolError(
@@ -803,6 +898,22 @@ def _content_info(response: httpx.Response, where: str, *, asked_range: bool) ->
         return ContentInfo(_content_range(response, where)[2], True, filename)
     accepts = not asked_range and response.headers.get("Accept-Ranges", "").lower() == "bytes"
     return ContentInfo(_content_length(response, where), accepts, filename)
+
+
+def _plain_head_info(head: Head) -> ContentInfo | None:
+    """What a plain answer of a batch ``HEAD`` says: a 200 with a readable size of a body
+    sent as is. None for anything else, which `ApiClient.probe_download` then handles
+    (and explains: ``_content_info`` names what is wrong)."""
+    headers = head.headers
+    length = headers.get("content-length", "").strip()
+    if head.status != 200 or not _is_identity(headers) or _DIGITS.fullmatch(length) is None:
+        return None
+    if int(length) > MAX_BODY_SIZE:
+        return None
+    accepts = headers.get("accept-ranges", "").lower() == "bytes"
+    return ContentInfo(
+        int(length), accepts, _disposition_filename(headers.get("content-disposition", ""))
+    )
 
 
 _DISPOSITION_PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')

@@ -87,13 +87,22 @@ class _CookielessClient(httpx.AsyncClient):
         raise TypeError("this client keeps no cookies")
 
 
-def open_http_client() -> httpx.AsyncClient:
+class MountClient(_CookielessClient):
+    """The mount's client: ``curl`` is its transport, whose batch path (``heads``) the
+    `ApiClient` of the mount probes sizes with."""
+
+    def __init__(self, curl: CurlTransport) -> None:
+        super().__init__(
+            transport=curl,
+            timeout=httpx.Timeout(30.0, connect=10.0),
+            headers={"User-Agent": f"mkwfs/{__version__}"},
+        )
+        self.curl = curl
+
+
+def open_http_client() -> MountClient:
     """One pooled client for the whole mount, on libcurl (see `mkwfs.transport`)."""
-    return _CookielessClient(
-        transport=CurlTransport(max_connections=32),
-        timeout=httpx.Timeout(30.0, connect=10.0),
-        headers={"User-Agent": f"mkwfs/{__version__}"},
-    )
+    return MountClient(CurlTransport(max_connections=32))
 
 
 def notify_systemd(state: str) -> None:
@@ -227,7 +236,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 async def _serve(config: Config, on_ready: Callable[[], None]) -> None:
     config.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     async with open_http_client() as http, trio.open_nursery() as nursery:
-        api = ApiClient(http, config.api_url, config.credentials)
+        api = ApiClient(http, config.api_url, config.credentials, heads=http.curl)
         mount: _Mount | None = None
 
         async def handle(request: dict[str, Any]) -> dict[str, Any]:

@@ -42,11 +42,15 @@ from mkwfs.errors import (
     TokenRejected,
     TransportError,
 )
+from mkwfs.models import ContentInfo
+from mkwfs.mount import open_http_client
 
 BASE = "http://mk.test"
 EMAIL = "demo@metakraftwerk.example"
 PASSWORD = "demo-password"
 NO_RETRY = RetryPolicy(attempts=1)
+HEAD = "HEAD /api/v1/downloads/:id"
+GET = "GET /api/v1/downloads/:id"
 
 Handler = (
     Callable[[httpx.Request], httpx.Response]
@@ -761,6 +765,85 @@ async def test_over_real_http(emulator: Emulator, demo_file: tuple[int, bytes]) 
                 await read_all(api, download_id)
             assert len(await api.list_downloads(DEMO_BUILD)) > 1
     assert api.requests == emulator.requests
+
+
+# -- probe_downloads (the batch path of the mount's transport) ---------------------------------
+
+
+@asynccontextmanager
+async def open_batch_api(
+    url: str, credentials: Credentials, *, batch: bool = True
+) -> AsyncIterator[ApiClient]:
+    """An ApiClient over real HTTP, as the mount has it: with the transport's batch path."""
+    async with open_http_client() as http:
+        yield ApiClient(http, url, credentials, NO_RETRY, heads=http.curl if batch else None)
+
+
+async def probe_all(api: ApiClient, ids: list[int]) -> dict[int, ContentInfo | None]:
+    found: dict[int, ContentInfo | None] = {}
+    with trio.fail_after(30):
+        async for download_id, info in api.probe_downloads(ids, at_once=8):
+            assert download_id not in found
+            found[download_id] = info
+    assert sorted(found) == sorted(ids)
+    return found
+
+
+async def test_a_batch_probe_says_what_single_probes_say(emulator: Emulator) -> None:
+    ids = [d["id"] for d in emulator.downloads_of(LARGE_BUILD)[:50]]
+    with serve_in_thread(emulator) as url:
+        async with open_batch_api(url, Credentials(token=emulator.issue_token())) as api:
+            found = await probe_all(api, ids)
+            single = {i: await api.probe_download(i) for i in ids}
+    assert found == single
+    assert all(info is not None and info.size and info.filename for info in found.values())
+    assert emulator.requests[HEAD] == 2 * len(ids)
+    assert api.requests == emulator.requests
+
+
+@pytest.mark.parametrize("status", [401, 404, 429, 503])
+async def test_a_batch_probe_stops_at_an_answer_it_cannot_take(
+    emulator: Emulator, status: int
+) -> None:
+    ids = [d["id"] for d in emulator.downloads_of(LARGE_BUILD)[:100]]
+    emulator.fail_next(HEAD, status)
+    with serve_in_thread(emulator) as url:
+        async with open_batch_api(url, Credentials(token=emulator.issue_token())) as api:
+            found = await probe_all(api, ids)
+    sizes = {i: emulator.body_path(i).stat().st_size for i in ids}
+    told = {i: info.size for i, info in found.items() if info is not None}
+    assert told.items() <= sizes.items()
+    assert len(told) < len(ids)  # the failed one, and all after it, are left to probe_download
+    assert emulator.requests[HEAD] <= len(told) + 1 + 8  # nothing sent after the stop
+    assert api.stats.failures[f"HTTP {status}"] == 1
+
+
+async def test_a_batch_probe_on_a_server_without_head_sends_no_more_heads(
+    emulator: Emulator, demo_file: tuple[int, bytes]
+) -> None:
+    download_id, whole = demo_file
+    ids = [d["id"] for d in emulator.downloads_of(DEMO_BUILD)]
+    with_config(emulator, head=False)
+    with serve_in_thread(emulator) as url:
+        async with open_batch_api(url, Credentials(token=emulator.issue_token())) as api:
+            assert set((await probe_all(api, ids)).values()) == {None}
+            heads = emulator.requests[HEAD]
+            assert 1 <= heads <= len(ids)
+            # Once refused, HEAD is not tried again: by the batch, nor by a single probe.
+            assert set((await probe_all(api, ids)).values()) == {None}
+            assert (await api.probe_download(download_id)).size == len(whole)
+    assert emulator.requests[HEAD] == heads
+    assert emulator.requests[GET] == 1
+
+
+async def test_without_a_batch_path_every_probe_is_left_to_probe_download(
+    emulator: Emulator,
+) -> None:
+    ids = [d["id"] for d in emulator.downloads_of(DEMO_BUILD)]
+    with serve_in_thread(emulator) as url:
+        async with open_batch_api(url, Credentials(token="t"), batch=False) as api:
+            assert set((await probe_all(api, ids)).values()) == {None}
+    assert sum(emulator.requests.values()) == 0
 
 
 async def test_a_short_body_is_a_protocol_error() -> None:

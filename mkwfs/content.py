@@ -44,7 +44,7 @@ import mmap
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,8 @@ _READAHEAD = 16 * _MiB
 _RECENT_LIMIT = _READAHEAD + 8 * _MiB
 #: Chunks (of up to a few MiB) queued between the network and the disk writer.
 _QUEUED_CHUNKS = 8
+#: Seconds the sizes found meanwhile gather before they are appended to the size log.
+_SIZE_GATHERING = 0.25
 #: Size probes sent at once by ``prefetch_sizes``.
 _CONCURRENT_PROBES = 16
 #: A read joins a running fetch that is at most this far before the bytes it needs.
@@ -262,7 +264,8 @@ class ContentStore:
         self._body_flights = SingleFlight[int, None]()
         self._size_flights = SingleFlight[int, int]()
         self._probe_limiter = trio.CapacityLimiter(_CONCURRENT_PROBES)
-        self._queued: set[int] = set()
+        #: Ids a batch of ``prefetch_sizes`` is probing, each set when its answer came.
+        self._queued: dict[int, trio.Event] = {}
         #: Open files per download id: their bodies are not evicted.
         self._held: collections.Counter[int] = collections.Counter()
         #: Whether the server honours Range: None until a ranged request tells.
@@ -320,6 +323,9 @@ class ContentStore:
     async def size(self, download_id: int) -> int:
         """The body's true size: from memory, the disk cache, a probe, or the body itself."""
         known = self._sizes.get(download_id)
+        if known is None and (queued := self._queued.get(download_id)) is not None:
+            await queued.wait()  # a batch probes it: its answer, or a probe of its own
+            known = self._sizes.get(download_id)
         if known is not None:
             return known
         return await self._size_flights.run(download_id, lambda: self._find_size(download_id))
@@ -343,25 +349,49 @@ class ContentStore:
 
     def prefetch_sizes(self, download_ids: Iterable[int]) -> None:
         """Probe these sizes in the background, a bounded number at a time. A ``size`` call
-        for one of them meanwhile joins its probe rather than sending another."""
+        for one of them meanwhile waits for its probe rather than sending another."""
         wanted = [i for i in download_ids if i not in self._sizes and i not in self._queued]
         if wanted:
-            self._queued.update(wanted)
+            for download_id in wanted:
+                self._queued[download_id] = trio.Event()
             self._nursery.start_soon(_guarded, self._probe_all, wanted)
 
     async def _probe_all(self, download_ids: list[int]) -> None:
+        """The sizes of a batch: on the API's batch path first, then, for what that could
+        not tell, one full probe each (logins, retries, servers without HEAD)."""
+        unknown: list[int] = []
+        try:
+            await self.load_stored_sizes()
+            wanted = [i for i in download_ids if i not in self._sizes]
+            batch = self._api.probe_downloads(wanted, at_once=_CONCURRENT_PROBES)
+            async with aclosing(batch) as answers:
+                async for download_id, info in answers:
+                    if info is not None and info.size is not None:
+                        self._remember_size(download_id, info.size)
+                    else:
+                        unknown.append(download_id)
+                    self._unqueue(download_id)
+        except MkwfsError as exc:
+            log.debug("size probes failed: %s", exc)
+        finally:
+            for download_id in download_ids:
+                self._unqueue(download_id)
+
         async def probe(download_id: int) -> None:
             try:
                 async with self._probe_limiter:
                     await self.size(download_id)
             except MkwfsError as exc:
                 log.debug("size probe of download %d failed: %s", download_id, exc)
-            finally:
-                self._queued.discard(download_id)
 
         async with trio.open_nursery() as nursery:
-            for download_id in download_ids:
+            for download_id in unknown:
                 nursery.start_soon(probe, download_id)
+
+    def _unqueue(self, download_id: int) -> None:
+        queued = self._queued.pop(download_id, None)
+        if queued is not None:
+            queued.set()
 
     async def _find_size(self, download_id: int) -> int:
         await self.load_stored_sizes()
@@ -370,7 +400,7 @@ class ContentStore:
             return stored
         info = await self._api.probe_download(download_id)
         if info.size is not None:
-            await self._remember_size(download_id, info.size)
+            self._remember_size(download_id, info.size)
             return info.size
         # The server tells the size only with the body: take the body, once.
         async with self._using(download_id) as body:
@@ -381,7 +411,7 @@ class ContentStore:
                 await self._wait_for_progress(body, self._fetch_for(body, 0, 1))
             return body.size
 
-    async def _remember_size(self, download_id: int, size: int) -> None:
+    def _remember_size(self, download_id: int, size: int) -> None:
         """Keep a size, in memory now and in the size log soon: sizes found together (a
         directory's probes) are appended together, in one thread hop."""
         if self._sizes.get(download_id) == size:
@@ -389,10 +419,15 @@ class ContentStore:
         self._sizes[download_id] = size
         self._unsaved_sizes.append((download_id, size))
         if len(self._unsaved_sizes) == 1:
-            self._nursery.start_soon(_guarded, self._save_sizes)
+            self._nursery.start_soon(_guarded, self._save_sizes_soon)
+
+    async def _save_sizes_soon(self) -> None:
+        # A thread hop per probe would cost more than the probe; the store's aclose saves
+        # what an unmount leaves, a crash loses sizes that are probed again.
+        await trio.sleep(_SIZE_GATHERING)
+        await self._save_sizes()
 
     async def _save_sizes(self) -> None:
-        await trio.lowlevel.checkpoint()  # let the sizes of concurrent probes gather
         while self._unsaved_sizes:
             lines = "".join(f"{i} {size}\n" for i, size in self._unsaved_sizes).encode()
             self._unsaved_sizes.clear()
@@ -614,7 +649,7 @@ class ContentStore:
                 else:
                     if body.size is None and fetch.end is None and not fetch.idle:
                         body.size = fetch.position  # No size was given: the body ended here.
-                        await self._remember_size(download_id, fetch.position)
+                        self._remember_size(download_id, fetch.position)
         except MkwfsError as exc:
             self._stats.failed_transfers += 1
             fetch.error = exc
@@ -650,7 +685,7 @@ class ContentStore:
                         "before: its bytes changed on the server"
                     )
                 body.size = total
-                await self._remember_size(download_id, total)
+                self._remember_size(download_id, total)
             await self._copy(stream, body, fetch)
 
     async def _copy(self, stream: DownloadStream, body: _Body, fetch: _Fetch) -> None:

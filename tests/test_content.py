@@ -8,7 +8,7 @@ import json
 import os
 import random
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,14 @@ import trio
 from mkwfs import content
 from mkwfs.api import ApiClient, Credentials, RetryPolicy
 from mkwfs.content import ContentStore, open_content_store
-from mkwfs.emulator import BIG_ZIP, DEMO_BUILD, Emulator, EmulatorConfig, serve_in_thread
+from mkwfs.emulator import (
+    BIG_ZIP,
+    DEMO_BUILD,
+    LARGE_BUILD,
+    Emulator,
+    EmulatorConfig,
+    serve_in_thread,
+)
 from mkwfs.errors import ProtocolError, ServerError, TransportError
 from mkwfs.extents import Extents
 from mkwfs.mount import open_http_client
@@ -46,7 +53,8 @@ async def open_store(
     emulator: Emulator, url: str, cache: Path, **options: Any
 ) -> AsyncIterator[ContentStore]:
     async with open_http_client() as http:
-        api = ApiClient(http, url, Credentials(token=emulator.issue_token()), RetryPolicy(1))
+        token = Credentials(token=emulator.issue_token())
+        api = ApiClient(http, url, token, RetryPolicy(1), heads=http.curl)  # as the mount's
         async with open_content_store(api, cache, **options) as store:
             yield store
 
@@ -388,3 +396,61 @@ def test_the_disk_writer_puts_every_piece_where_it_belongs(
         assert os.pread(fd, len(payload), 0)[1000:] == payload[1000:]
     finally:
         os.close(fd)
+
+
+# -- sizes of a directory ---------------------------------------------------------------------
+
+
+def demo_sizes(emulator: Emulator, build_id: int = DEMO_BUILD) -> dict[int, int]:
+    return {
+        d["id"]: emulator.body_path(d["id"]).stat().st_size for d in emulator.downloads_of(build_id)
+    }
+
+
+async def wait_for_sizes(store: ContentStore, ids: Iterable[int]) -> dict[int, int]:
+    """The sizes ``prefetch_sizes`` found, asked for as a stat would (waiting for them)."""
+    with trio.fail_after(20):
+        return {i: await store.size(i) for i in ids}
+
+
+async def test_a_prefetch_probes_each_size_once_with_a_head(
+    emulator: Emulator, base_url: str, tmp_path: Path
+) -> None:
+    expected = demo_sizes(emulator)
+    async with open_store(emulator, base_url, tmp_path / "cache") as store:
+        store.prefetch_sizes(expected)
+        assert await wait_for_sizes(store, expected) == expected
+    assert emulator.requests[HEAD] == len(expected)
+    assert emulator.requests[GET] == 0
+
+
+@pytest.mark.parametrize("failure", [503, 401, 404])
+async def test_a_prefetch_whose_batch_fails_finds_the_sizes_one_by_one(
+    emulator: Emulator, base_url: str, tmp_path: Path, failure: int
+) -> None:
+    """An answer the batch cannot take stops it; the full probe of each size left over
+    then does what a single stat would (retry, log in again, or report the error): the
+    failure here is a single one, so every size is found in the end."""
+    expected = demo_sizes(emulator, LARGE_BUILD)
+    emulator.fail_next(HEAD, failure)
+    async with open_store(emulator, base_url, tmp_path / "cache") as store:
+        store.prefetch_sizes(expected)
+        assert await wait_for_sizes(store, expected) == expected
+    # The failed probe and the ones in flight with it are sent again, no more.
+    assert len(expected) < emulator.requests[HEAD] <= len(expected) + content._CONCURRENT_PROBES
+    assert emulator.requests[GET] == 0
+
+
+async def test_a_prefetch_on_a_server_without_head_asks_with_get_from_then_on(
+    emulator: Emulator, base_url: str, tmp_path: Path
+) -> None:
+    expected = demo_sizes(emulator)
+    configure(emulator, head=False)
+    async with open_store(emulator, base_url, tmp_path / "cache") as store:
+        store.prefetch_sizes(expected)
+        assert await wait_for_sizes(store, expected) == expected
+    # The batch learnt that HEAD is refused: every size then came from one ranged GET whose
+    # body was never read, not from a HEAD refused once more first.
+    assert emulator.requests[HEAD] <= content._CONCURRENT_PROBES
+    assert emulator.requests[GET] == len(expected)
+    assert emulator.bytes_sent <= len(expected)

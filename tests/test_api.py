@@ -779,10 +779,12 @@ async def open_batch_api(
         yield ApiClient(http, url, credentials, NO_RETRY, heads=http.curl if batch else None)
 
 
-async def probe_all(api: ApiClient, ids: list[int]) -> dict[int, ContentInfo | None]:
+async def probe_all(
+    api: ApiClient, ids: list[int], at_once: int = 8
+) -> dict[int, ContentInfo | None]:
     found: dict[int, ContentInfo | None] = {}
     with trio.fail_after(30):
-        async for download_id, info in api.probe_downloads(ids, at_once=8):
+        async for download_id, info in api.probe_downloads(ids, at_once=at_once):
             assert download_id not in found
             found[download_id] = info
     assert sorted(found) == sorted(ids)
@@ -826,13 +828,12 @@ async def test_a_batch_probe_on_a_server_without_head_sends_no_more_heads(
     with_config(emulator, head=False)
     with serve_in_thread(emulator) as url:
         async with open_batch_api(url, Credentials(token=emulator.issue_token())) as api:
-            assert set((await probe_all(api, ids)).values()) == {None}
-            heads = emulator.requests[HEAD]
-            assert 1 <= heads <= len(ids)
+            # One at a time: the first answer (a 405) stops the batch before a second HEAD.
+            assert set((await probe_all(api, ids, at_once=1)).values()) == {None}
             # Once refused, HEAD is not tried again: by the batch, nor by a single probe.
-            assert set((await probe_all(api, ids)).values()) == {None}
+            assert set((await probe_all(api, ids, at_once=1)).values()) == {None}
             assert (await api.probe_download(download_id)).size == len(whole)
-    assert emulator.requests[HEAD] == heads
+    assert emulator.requests[HEAD] == 1
     assert emulator.requests[GET] == 1
 
 

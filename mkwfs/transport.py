@@ -107,6 +107,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
         self._epoll = select.epoll()
         self._interest: dict[int, int] = {}
         self._deadline = math.inf
+        self._timer_waits_until = math.inf
         self._timer_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
@@ -181,6 +182,8 @@ class CurlTransport(httpx.AsyncBaseTransport):
         answers: collections.deque[tuple[int, Head]] = collections.deque()
         arrived = trio.Event()
         running: list[_Probe] = []
+        #: Handles of this batch's finished requests, still set up for the next one.
+        spare: list[pycurl.Curl] = []
         launched = done = 0
 
         def answered(probe: _Probe, head: Head) -> None:
@@ -192,13 +195,17 @@ class CurlTransport(httpx.AsyncBaseTransport):
             nonlocal launched
             while len(running) < at_once and launched < len(urls):
                 index, launched = launched, launched + 1
-                handle = self._idle.pop() if self._idle else pycurl.Curl()
-                probe = _Probe(index, handle, answered)
-                _prepare(handle, urls[index], lines, connect)
-                handle.setopt(pycurl.NOBODY, 1)
-                if limit:
-                    handle.setopt(pycurl.TIMEOUT_MS, limit)
-                handle.setopt(pycurl.HEADERFUNCTION, probe.on_header_line)
+                if spare:
+                    handle = spare.pop()
+                else:
+                    handle = self._idle.pop() if self._idle else pycurl.Curl()
+                    _prepare(handle, urls[index], lines, connect)
+                    handle.setopt(pycurl.NOBODY, 1)
+                    if limit:
+                        handle.setopt(pycurl.TIMEOUT_MS, limit)
+                probe = _Probe(index, handle, answered, spare)
+                handle.setopt(pycurl.URL, urls[index])
+                handle.setopt(pycurl.HEADERFUNCTION, probe.lines.append)
                 self._exchanges[handle] = probe
                 running.append(probe)
                 self._multi.add_handle(handle)
@@ -215,6 +222,9 @@ class CurlTransport(httpx.AsyncBaseTransport):
         finally:
             for probe in list(running):
                 self._drop(probe)
+            for handle in spare:
+                handle.reset()
+            self._idle += spare
 
     # -- libcurl's sockets and timer -----------------------------------------------------------
 
@@ -252,13 +262,17 @@ class CurlTransport(httpx.AsyncBaseTransport):
 
     def _on_timer(self, milliseconds: int) -> None:
         self._deadline = math.inf if milliseconds < 0 else trio.current_time() + milliseconds / 1e3
-        self._timer_changed.set()
+        if self._deadline < self._timer_waits_until:  # else it wakes in time, and waits on
+            self._timer_changed.set()
 
     async def _serve_timer(self) -> None:
         while True:
             self._timer_changed = trio.Event()
+            self._timer_waits_until = self._deadline
             with trio.move_on_at(self._deadline):
                 await self._timer_changed.wait()
+                continue
+            if trio.current_time() < self._deadline:  # moved later meanwhile
                 continue
             self._deadline = math.inf
             self._act(pycurl.SOCKET_TIMEOUT, 0)
@@ -302,6 +316,9 @@ class CurlTransport(httpx.AsyncBaseTransport):
         handle = exchange.handle
         del self._exchanges[handle]
         self._multi.remove_handle(handle)
+        if isinstance(exchange, _Probe) and not exchange.abandoned:
+            exchange.spare.append(handle)  # set up for the batch's next request
+            return
         handle.reset()  # drops the callbacks, and with them the exchange
         self._idle.append(handle)
 
@@ -329,34 +346,43 @@ class Head:
 
 
 class _Probe:
-    """One HEAD of a `CurlTransport.heads` batch."""
+    """One HEAD of a `CurlTransport.heads` batch. Its handle goes back to the batch's
+    ``spare`` handles when it ends, unless the batch was closed (``abandon``)."""
 
     def __init__(
-        self, index: int, handle: pycurl.Curl, answered: Callable[[_Probe, Head], None]
+        self,
+        index: int,
+        handle: pycurl.Curl,
+        answered: Callable[[_Probe, Head], None],
+        spare: list[pycurl.Curl],
     ) -> None:
         self.index = index
         self.handle = handle
+        self.spare = spare
+        self.abandoned = False
+        #: The head's lines as libcurl passes them (list.append is the callback: no Python
+        #: frame per line).
+        self.lines: list[bytes] = []
         self._answered = answered
-        self._status_line = b""
-        self._headers: dict[str, str] = {}
-
-    def on_header_line(self, line: bytes) -> None:
-        if line.startswith(b"HTTP/"):  # a 1xx's or a proxy's head came first: start again
-            self._status_line, self._headers = line.rstrip(), {}
-        elif b":" in line:
-            name, _, value = line.decode("latin-1").partition(":")
-            self._headers[name.strip().lower()] = value.strip()
 
     def finish(self, code: int, message: str) -> None:
-        if code == pycurl.E_OK:
-            self._answered(self, Head(_status(self._status_line), self._headers))
-        else:
+        if code != pycurl.E_OK:
             request = httpx.Request("HEAD", self.handle.getinfo(pycurl.EFFECTIVE_URL))
             error = _mapped(self.handle, request, code, message or f"libcurl error {code}")
             self._answered(self, Head(0, {}, error))
+            return
+        status, headers = 0, dict[str, str]()
+        for line in self.lines:
+            if line.startswith(b"HTTP/"):  # a 1xx's or a proxy's head came first: start again
+                status, headers = _status(line.rstrip()), {}
+            elif b":" in line:
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+        self._answered(self, Head(status, headers))
 
     def abandon(self) -> None:
         """The batch was closed: nobody waits for this answer."""
+        self.abandoned = True
 
 
 class _Exchange:

@@ -105,7 +105,8 @@ LATEST_NAME = b"latest"
 
 #: Seconds between two size probes in one build that make it look like a directory scan.
 _SCAN_WINDOW = 2.0
-#: How many files past the one a scan stats have their sizes probed ahead.
+#: How many files from the one a scan stats have their sizes probed ahead; the next as many
+#: once the scan is half way through them, so that its probes never run dry.
 _SCAN_AHEAD = 128
 #: Archive indexes kept in memory (a re-read costs only disk reads: the tail is cached).
 _INDEXES = 64
@@ -259,6 +260,17 @@ _GROUPS_PATH: dict[views.GroupKind, str] = {"project": "/projects", "pattern": "
 Listing = dict[bytes, Download]
 
 
+@dataclass
+class _Scan:
+    """Someone going through a build's files in name order (``ls -l``): what is probed."""
+
+    build_id: int
+    names: list[bytes]
+    listing: Listing
+    #: ``names`` before this index have been given to ``prefetch_sizes``.
+    horizon: int = 0
+
+
 def build_inode(build_id: int) -> int:
     return BUILD_BASE + build_id
 
@@ -331,6 +343,8 @@ class Tree:
         self._timer = timer
         #: (build id, download id, time) of the last getattr that needed a size probe.
         self._last_probe: tuple[int, int, float] | None = None
+        #: The directory scan going on, if any (see ``getattr``).
+        self._scan: _Scan | None = None
 
     # -- the API, bounded and cached -----------------------------------------------------
 
@@ -645,15 +659,18 @@ class Tree:
         ``.build.json`` and ``latest`` are brought up to date.
 
         When two files of one build need a probe within ``_SCAN_WINDOW`` seconds, someone is
-        going through the directory (``ls -l``, a file manager): the sizes of the next
-        ``_SCAN_AHEAD`` files (in name order, as ``ls`` goes) are then probed concurrently
-        in the background, instead of one stat at a time; a stat past them takes it on.
+        going through the directory (``ls -l``, a file manager): the sizes of the second one
+        and of the files after it (in name order, as ``ls`` goes), ``_SCAN_AHEAD`` in all,
+        are then probed concurrently in the background, instead of one stat at a time. Once
+        the scan is half way through them, the next as many follow.
         """
         node = self._node(ino)
         match node:
             case _File(download=download):
                 if self._content.known_size(download.id) is None:
                     self._notice_probe(node)
+                elif self._scan is not None:
+                    self._follow_scan(self._scan, node)
                 return self._attributes(node, await self._known_size(download.id))
             case _BuildJson(build=build):
                 await self._record(build)
@@ -675,9 +692,21 @@ class Tree:
         listing = self._listings.peek(build_id)
         if listing is not None:
             names = sorted(listing)  # the order ls and file managers stat in
-            start = bisect.bisect_right(names, node.name)
-            ahead = names[start : start + _SCAN_AHEAD]
-            self._content.prefetch_sizes(listing[name].id for name in ahead)
+            scan = self._scan = _Scan(build_id, names, listing)
+            scan.horizon = bisect.bisect_left(names, node.name)
+            self._probe_ahead(scan)
+
+    def _follow_scan(self, scan: _Scan, node: _File) -> None:
+        """A stat of a file whose size is known: probe on if the scan nears its horizon."""
+        if node.build.id != scan.build_id or scan.horizon >= len(scan.names):
+            return
+        if bisect.bisect_left(scan.names, node.name) >= scan.horizon - _SCAN_AHEAD // 2:
+            self._probe_ahead(scan)
+
+    def _probe_ahead(self, scan: _Scan) -> None:
+        ahead = scan.names[scan.horizon : scan.horizon + _SCAN_AHEAD]
+        scan.horizon += len(ahead)
+        self._content.prefetch_sizes(scan.listing[name].id for name in ahead)
 
     async def listdir(self, ino: int) -> list[tuple[bytes, Attributes]]:
         """The entries of a directory, without probing any size. The caller reports each

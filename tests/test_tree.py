@@ -250,17 +250,24 @@ async def test_a_directory_scan_probes_sizes_concurrently_and_once(
         # A single stat probes one size only.
         first = await tree.getattr(entries[0][1].ino)
         assert emulator.requests[HEAD] == 1
-        # A second one soon after looks like `ls -l`: the next files (in name order, as
-        # ls goes) are probed in the background, and only they.
+        # A second one soon after looks like `ls -l`: it and the next files (in name order,
+        # as ls goes) are probed in the background, and only they.
         await tree.getattr(entries[1][1].ino)
-        ahead = 2 + tree_module._SCAN_AHEAD
+        ahead = 1 + tree_module._SCAN_AHEAD
         with trio.fail_after(30):
             while emulator.requests[HEAD] < ahead:  # noqa: ASYNC110 (the emulator's counter)
                 await trio.sleep(0.01)
             await trio.sleep(0.1)
             assert emulator.requests[HEAD] == ahead
-            # Going on through the directory takes the probing on with it.
-            for name, attrs in entries:
+            # Going on through the directory takes the probing on with it, ahead of the
+            # stats: half way through what was probed, the next files are.
+            for position, (name, attrs) in enumerate(entries):
+                if position == ahead - tree_module._SCAN_AHEAD // 2 - 1:
+                    assert emulator.requests[HEAD] == ahead
+                if position == ahead - tree_module._SCAN_AHEAD // 2 + 1:
+                    with trio.fail_after(30):
+                        while emulator.requests[HEAD] < ahead + tree_module._SCAN_AHEAD:  # noqa: ASYNC110
+                            await trio.sleep(0.01)
                 stat = await tree.getattr(attrs.ino)
                 assert stat.size == emulator.body_path(attrs.ino - FILE_BASE).stat().st_size
                 assert stat.attr_timeout > 0, name

@@ -35,7 +35,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Iterable,
     Mapping,
     Sequence,
 )
@@ -801,18 +800,16 @@ def _decode_json(body: bytes, response: httpx.Response) -> Any:
 def _nesting_exceeds(data: object, limit: int) -> bool:
     """Whether ``data`` has arrays or objects nested more than ``limit`` deep (iterative:
     no recursion however deep it is)."""
-    pending: list[tuple[object, int]] = [(data, 0)]
+    if not isinstance(data, dict | list):
+        return False
+    pending: list[tuple[dict[Any, object] | list[object], int]] = [(data, 0)]
     while pending:
         value, depth = pending.pop()
-        if isinstance(value, dict):
-            children: Iterable[object] = value.values()
-        elif isinstance(value, list):
-            children = value
-        else:
-            continue
         if depth >= limit:
             return True
-        pending.extend((child, depth + 1) for child in children)
+        children = value.values() if isinstance(value, dict) else value
+        # Only containers go on the stack: a listing's thousands of scalars are looked at once.
+        pending.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
     return False
 
 

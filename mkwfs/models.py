@@ -44,6 +44,11 @@ class Build:
                 return value
         return 0.0
 
+    @property
+    def has_indented_json(self) -> bool:
+        """Whether ``indented_json`` is encoded already."""
+        return "indented_json" in self.__dict__
+
     @functools.cached_property
     def indented_json(self) -> bytes:
         """The object as the API sent it, indented (``.build.json``). Kept: a listing of a

@@ -596,7 +596,8 @@ class Tree:
     # -- attributes --------------------------------------------------------------------
 
     def _attributes(self, node: _Node, size: int | None = None) -> Attributes:
-        """Attributes from what is known without a request (see ``getattr`` for the rest)."""
+        """Attributes from what is known without a request (see ``getattr`` for the rest);
+        ``size``: a file's true size, when the caller has it."""
         match node:
             case _Root() | _Builds() | _Unpacked() | _Groups() | _Group():
                 return self._dir_attributes(node.ino, self._mount_time)
@@ -615,10 +616,13 @@ class Tree:
                 )
             case _BuildJson(build=build):
                 record = self._records.peek(build.id)
-                if record is None:
+                if size is None and record is not None and record.has_indented_json:
+                    size = len(views.build_json(record))
+                if record is None or size is None:
+                    # Encoding a build of many files takes milliseconds: a listing does not
+                    # wait for it, a stat of the file does (see getattr).
                     return self._file_attributes(node.ino, 0, self._fresh_build(build).mtime, 0)
                 timeout = self.attr_ttl if record.is_final else 0.0
-                size = len(views.build_json(record))
                 return self._file_attributes(node.ino, size, record.mtime, timeout)
             case _BuildLink(build=build):
                 target = _link_target(build)
@@ -673,7 +677,7 @@ class Tree:
                     self._follow_scan(self._scan, node)
                 return self._attributes(node, await self._known_size(download.id))
             case _BuildJson(build=build):
-                await self._record(build)
+                return self._attributes(node, len(views.build_json(await self._record(build))))
             case _Latest(group=group):
                 await self._latest(group)
             case _:

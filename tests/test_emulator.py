@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -990,6 +991,52 @@ def test_server_stops_and_starts_on_the_same_port(emulator: Emulator) -> None:
         assert http.get("/api/v1/projects").status_code == 200
     with pytest.raises(httpx.ConnectError), httpx.Client(timeout=2) as http:
         http.get(f"{url}/api/v1/projects")
+
+
+def exchange_raw(url: str, request: bytes) -> bytes:
+    """Send ``request`` as is on a new connection; what comes back until the server closes
+    the connection or stays silent for half a second."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        connection.sendall(request)
+        connection.settimeout(0.5)
+        received = b""
+        with contextlib.suppress(TimeoutError):
+            while chunk := connection.recv(65536):
+                received += chunk
+    return received
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status_line"),
+    [
+        (b"GET /api/v1/projects\r\n\r\n", b"HTTP/1.1 400"),
+        (b"GET /api/v1/projects HTTP/2.0\r\n\r\n", b"HTTP/1.1 400"),
+        (b"GET /api/v1/projects HTTP/1.1\r\nno colon here\r\n\r\n", b"HTTP/1.1 400"),
+        (b"GET /api/v1/projects HTTP/1.1\r\nX: " + b"x" * 70000 + b"\r\n\r\n", b"HTTP/1.1 431"),
+        (b"GET /api/v1/projects HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", b"HTTP/1.1 431"),
+    ],
+)
+def test_a_malformed_request_head_is_refused(
+    emulator: Emulator, request_bytes: bytes, status_line: bytes
+) -> None:
+    with serve_in_thread(emulator) as url:
+        answer = exchange_raw(url, request_bytes)
+    assert answer.startswith(status_line)
+    assert emulator.requests == {}
+
+
+def test_requests_on_one_connection_follow_keep_alive_and_close(emulator: Emulator) -> None:
+    token = emulator.issue_token()
+    head = f"HEAD /api/v1/projects HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+    with serve_in_thread(emulator) as url:
+        kept = exchange_raw(url, (head + "\r\n").encode() * 2)
+        closed = exchange_raw(url, (head + "Connection: close\r\n\r\n").encode() * 2)
+        old = exchange_raw(url, (head.replace("HTTP/1.1", "HTTP/1.0") + "\r\n").encode() * 2)
+    assert kept.count(b"HTTP/1.1 200") == 2  # pipelined on one connection, both answered
+    assert closed.count(b"HTTP/1.1 200") == 1  # the server closed after the first
+    assert old.count(b"HTTP/1.1 200") == 1
+    assert emulator.requests["HEAD /api/v1/projects"] == 4
 
 
 def test_config_down_stops_every_server(emulator: Emulator) -> None:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -220,8 +220,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_options(config, _MOUNT_NAMES)
     _add_raw_options(config)
 
-    serve = commands.add_parser("_serve")  # internal: the daemon
-    serve.add_argument("--ready-fd", type=int, required=True)
+    serve = commands.add_parser("_serve")  # internal: the daemon, or a foreground mount
+    outcome = serve.add_mutually_exclusive_group(required=True)
+    outcome.add_argument("--ready-fd", type=int)  # the daemon: config on stdin
+    outcome.add_argument("--config-fd", type=int)  # in the foreground: config on this fd
     serve.add_argument("mountpoint", nargs="?")
     return parser
 
@@ -347,6 +349,8 @@ def _serve(config: Config, on_ready: Callable[[], None]) -> None:
 
 
 def _run_foreground(config: Config) -> int:
+    if any(name in os.environ for name in _SECRET_ENV):
+        _exec_without_secrets(config)
     _setup_logging(config)
     try:
         _serve(config, lambda: log.info("ready"))
@@ -354,6 +358,26 @@ def _run_foreground(config: Config) -> int:
         print(f"mkwfs: {startup_message(exc, config)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _exec_without_secrets(config: Config) -> NoReturn:
+    """Become ``mkwfs _serve`` with the configuration on a pipe and the secret variables
+    out of the environment, which ``/proc/PID/environ`` and ``ps e`` show for as long as
+    the process lives. exec keeps the process (its pid, its terminal, systemd's watch)."""
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "wb") as pipe:  # a pipe holds 64 KiB; a config is a few
+        pipe.write(config.to_json().encode())
+    os.set_inheritable(read_fd, True)
+    env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
+    argv = [*_DAEMON_COMMAND, "--config-fd", str(read_fd), str(config.mountpoint)]
+    os.execve(sys.executable, argv, env)
+
+
+def _run_exec_foreground(config_fd: int) -> int:
+    """``_exec_without_secrets`` arrives here."""
+    with os.fdopen(config_fd, "rb") as pipe:
+        config = Config.from_json(pipe.read().decode())
+    return _run_foreground(config)
 
 
 def _run_daemon(ready_fd: int) -> int:
@@ -671,6 +695,8 @@ _COMMANDS: Mapping[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "_serve":
+        if args.config_fd is not None:
+            return _run_exec_foreground(args.config_fd)
         return _run_daemon(args.ready_fd)
     try:
         return _COMMANDS[args.command](args)

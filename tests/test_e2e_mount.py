@@ -419,6 +419,24 @@ def test_foreground_mount_stops_on_signal(mount_fs: MountFactory, sig: signal.Si
     assert not mounted.is_mounted()
 
 
+def test_a_foreground_mount_keeps_no_secret_in_its_environment(
+    mount_fs: MountFactory, mkwfs_env: dict[str, str]
+) -> None:
+    """The token came in MKWFS_TOKEN: the process (the same one, so systemd's main pid)
+    serves without it in /proc/PID/environ (``ps e``) or its command line."""
+    mounted: MountedFs = mount_fs()
+    assert mounted.process is not None
+    pid = mounted.process.pid
+    token = mkwfs_env["MKWFS_TOKEN"].encode()
+    for what in ("environ", "cmdline"):
+        assert token not in Path(f"/proc/{pid}/{what}").read_bytes(), what
+    assert b"MKWFS_TOKEN=" not in Path(f"/proc/{pid}/environ").read_bytes()
+    assert str(DEMO_BUILD) in os.listdir(mounted.path / "builds")  # and it serves
+    mounted.process.send_signal(signal.SIGTERM)
+    assert mounted.process.wait(timeout=15) == 0
+    assert not mounted.is_mounted()
+
+
 def test_background_mount_returns_when_ready(
     adopt_mount: Callable[..., MountedFs],
     emulator_url: str,

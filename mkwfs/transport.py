@@ -109,6 +109,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
         self._interest: dict[int, int] = {}
         self._deadline = math.inf
         self._timer_waits_until = math.inf
+        self._starting = False
         self._timer_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
@@ -151,7 +152,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
         exchange = _Exchange(request, handle, timeouts.get("read"))
         exchange.configure(body, timeouts.get("connect"))
         self._exchanges[handle] = exchange
-        self._multi.add_handle(handle)
+        self._start([handle])
         try:
             await exchange.wait_for_head()
         except BaseException:
@@ -194,6 +195,7 @@ class CurlTransport(httpx.AsyncBaseTransport):
 
         def launch() -> None:
             nonlocal launched
+            added = []
             while len(running) < at_once and launched < len(urls):
                 index, launched = launched, launched + 1
                 if spare:
@@ -209,7 +211,9 @@ class CurlTransport(httpx.AsyncBaseTransport):
                 handle.setopt(pycurl.HEADERFUNCTION, probe.lines.append)
                 self._exchanges[handle] = probe
                 running.append(probe)
-                self._multi.add_handle(handle)
+                added.append(handle)
+            if added:
+                self._start(added)
 
         try:
             while done < len(urls):
@@ -226,6 +230,19 @@ class CurlTransport(httpx.AsyncBaseTransport):
             for handle in spare:
                 handle.reset()
             self._idle += spare
+
+    def _start(self, handles: list[pycurl.Curl]) -> None:
+        """Give libcurl these transfers and let it start them now: added transfers are due
+        at once (a timer of 0 ms), and the timer task would start them only on its next
+        turn, a task switch later, for every request."""
+        self._starting = True
+        try:
+            for handle in handles:
+                self._multi.add_handle(handle)
+        finally:
+            self._starting = False
+        self._act(pycurl.SOCKET_TIMEOUT, 0)
+        self._hand_out()
 
     # -- libcurl's sockets and timer -----------------------------------------------------------
 
@@ -263,6 +280,8 @@ class CurlTransport(httpx.AsyncBaseTransport):
 
     def _on_timer(self, milliseconds: int) -> None:
         self._deadline = math.inf if milliseconds < 0 else trio.current_time() + milliseconds / 1e3
+        if milliseconds == 0 and self._starting:
+            return  # _start lets libcurl act right away
         if self._deadline < self._timer_waits_until:  # else it wakes in time, and waits on
             self._timer_changed.set()
 

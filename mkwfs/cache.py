@@ -86,7 +86,10 @@ class AsyncTTLCache(Generic[K, V]):
 
     def peek(self, key: K) -> V | None:
         """The cached value if it is still fresh, without loading."""
-        return self._entries.get(key)
+        try:  # one lookup: get() is a membership test and then the same lookup
+            return self._entries[key]
+        except KeyError:
+            return None
 
     def put(self, key: K, value: V) -> None:
         self._entries[key] = value

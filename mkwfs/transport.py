@@ -4,11 +4,16 @@ httpx's own transport parses and copies every byte in Python on the trio thread,
 that also answers every FUSE request: a cold read was bound by it at about half the peer's
 speed, and a size probe cost about 2 ms of it (h11, httpcore's pool, trio sockets).
 `CurlTransport` gives the requests to one libcurl multi handle (pycurl), which does the
-connections, TLS, HTTP parsing and buffering in C. trio watches libcurl's sockets and timer
-and tells libcurl when they are ready; Python runs only in the callbacks that pass header
-lines and body pieces over. httpx keeps the policy (the client, headers, redirects, errors);
-this module is I/O only. Worker threads were tried first: each 16 KiB callback then waits
-for the GIL, and the transfers ran at half the speed.
+connections, TLS, HTTP parsing and buffering in C. libcurl's sockets are kept in an epoll
+set of their own, which trio watches as one descriptor, and trio runs libcurl's timer;
+Python runs only in the callbacks that pass header lines and body pieces over. httpx keeps
+the policy (the client, headers, redirects, errors); this module is I/O only. Worker threads
+were tried first: each 16 KiB callback then waits for the GIL, and the transfers ran at half
+the speed.
+
+``heads`` is the one way around httpx: a batch of ``HEAD`` requests (a directory's size
+probes) with no httpx request or response and no task per request, about a third of the
+cost of each through the client.
 
 libcurl keeps the connections (``max_connections`` at most, reused across requests) and
 queues requests beyond them. When a body's reader falls behind, its transfer pauses and TCP

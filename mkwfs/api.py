@@ -798,19 +798,19 @@ def _decode_json(body: bytes, response: httpx.Response) -> Any:
 
 
 def _nesting_exceeds(data: object, limit: int) -> bool:
-    """Whether ``data`` has arrays or objects nested more than ``limit`` deep (iterative:
-    no recursion however deep it is)."""
-    if not isinstance(data, dict | list):
-        return False
-    pending: list[tuple[dict[Any, object] | list[object], int]] = [(data, 0)]
-    while pending:
-        value, depth = pending.pop()
-        if depth >= limit:
-            return True
-        children = value.values() if isinstance(value, dict) else value
-        # Only containers go on the stack: a listing's thousands of scalars are looked at once.
-        pending.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return False
+    """Whether ``data`` has arrays or objects nested more than ``limit`` deep (level by
+    level: no recursion however deep it is, and only containers are kept)."""
+    level: list[Any] = [data] if isinstance(data, dict | list) else []
+    for _ in range(limit):
+        level = [
+            child
+            for value in level
+            for child in (value.values() if isinstance(value, dict) else value)
+            if isinstance(child, (dict, list))  # a tuple: faster than dict | list here
+        ]
+        if not level:
+            return False
+    return bool(level)
 
 
 def _feathers_page(data: object, where: str, url: str, *, skip: int) -> tuple[int, list[object]]:

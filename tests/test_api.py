@@ -641,6 +641,8 @@ async def test_probe_never_reads_a_whole_body_from_a_server_ignoring_range() -> 
     ("disposition", "filename"),
     [
         ('attachment; filename="CORE_DV.zip"', "CORE_DV.zip"),
+        ('ATTACHMENT;filename = " x y.zip";', " x y.zip"),
+        ('attachment; filename=""', None),
         ("attachment; filename=plain.zip", "plain.zip"),
         ('attachment; filename="a\\"b.zip"', 'a"b.zip'),
         ("attachment; filename=\"a?.zip\"; filename*=UTF-8''%C3%A4%20b.zip", "ä b.zip"),

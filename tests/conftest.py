@@ -174,6 +174,16 @@ def emulator_url(emulator_server: tuple[Emulator, str]) -> str:
 
 
 @pytest.fixture
+def base_url(emulator: Emulator) -> Iterator[str]:
+    """The test's ``emulator`` served over HTTP on 127.0.0.1 for this test alone: for the
+    modules that make a fresh emulator of their own (``emulator_url`` serves the session's)."""
+    from mkwfs.emulator import serve_in_thread
+
+    with serve_in_thread(emulator) as url:
+        yield url
+
+
+@pytest.fixture
 def mkwfs_env(emulator: Emulator) -> dict[str, str]:
     """Environment for an ``mkwfs`` subprocess: a valid token in MKWFS_TOKEN, no other
     MKWFS_* variables of the caller, and this checkout first on the import path."""

@@ -24,7 +24,6 @@ from mkwfs.emulator import (
     Emulator,
     EmulatorConfig,
     _HTTPServer,
-    serve_in_thread,
 )
 from mkwfs.mount import _CookielessClient, open_http_client
 from tests.helpers import configure
@@ -36,12 +35,6 @@ DOWNLOAD = "GET /api/v1/downloads/:id"
 @pytest.fixture
 def emulator(tmp_path: Path) -> Emulator:
     return Emulator(EmulatorConfig(big_file_size=SIZE, data_dir=tmp_path / "data"))
-
-
-@pytest.fixture
-def base_url(emulator: Emulator) -> Iterator[str]:
-    with serve_in_thread(emulator) as url:
-        yield url
 
 
 @asynccontextmanager

@@ -8,7 +8,7 @@ import json
 import os
 import random
 import zipfile
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ from mkwfs.emulator import (
     LARGE_BUILD,
     Emulator,
     EmulatorConfig,
-    serve_in_thread,
 )
 from mkwfs.errors import ProtocolError, ServerError, TransportError
 from mkwfs.extents import Extents
@@ -40,12 +39,6 @@ SIZE = 4 * 2**20
 @pytest.fixture
 def emulator(tmp_path: Path) -> Emulator:
     return Emulator(EmulatorConfig(big_file_size=SIZE, data_dir=tmp_path / "data"))
-
-
-@pytest.fixture
-def base_url(emulator: Emulator) -> Iterator[str]:
-    with serve_in_thread(emulator) as url:
-        yield url
 
 
 @asynccontextmanager
@@ -70,6 +63,19 @@ async def read_all(store: ContentStore, download_id: int, chunk: int = 128 * 102
 
 def body(emulator: Emulator, download_id: int) -> bytes:
     return emulator.body_path(download_id).read_bytes()
+
+
+def demo_sizes(emulator: Emulator, build_id: int = DEMO_BUILD) -> dict[int, int]:
+    return {
+        d["id"]: emulator.body_path(d["id"]).stat().st_size for d in emulator.downloads_of(build_id)
+    }
+
+
+def over_the_bound(emulator: Emulator) -> tuple[list[int], dict[int, int], int]:
+    """The demo build's downloads as listed, their sizes, and a cache bound they do not
+    all fit under (by half the smallest)."""
+    sizes = demo_sizes(emulator)
+    return list(sizes), sizes, sum(sizes.values()) - min(sizes.values()) // 2
 
 
 async def test_concurrent_readers_share_one_download(
@@ -297,9 +303,7 @@ async def test_the_cache_stays_within_max_bytes(
     emulator: Emulator, base_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(content, "_EVICTION_GRACE", 0.2)
-    downloads = [d["id"] for d in emulator.downloads_of(DEMO_BUILD)]
-    sizes = {i: len(body(emulator, i)) for i in downloads}
-    limit = sum(sizes.values()) - min(sizes.values()) // 2
+    downloads, sizes, limit = over_the_bound(emulator)
     async with open_store(emulator, base_url, tmp_path / "cache", max_bytes=limit) as store:
         for download_id in downloads:
             assert await read_all(store, download_id) == body(emulator, download_id)
@@ -333,9 +337,7 @@ async def test_an_open_file_is_never_evicted(
     emulator: Emulator, base_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(content, "_EVICTION_GRACE", 0.2)
-    downloads = [d["id"] for d in emulator.downloads_of(DEMO_BUILD)]
-    sizes = {i: len(body(emulator, i)) for i in downloads}
-    limit = sum(sizes.values()) - min(sizes.values()) // 2
+    downloads, _, limit = over_the_bound(emulator)
     content_dir = tmp_path / "cache" / "content"
     async with open_store(emulator, base_url, tmp_path / "cache", max_bytes=limit) as store:
         store.hold(downloads[0])  # as fs.open does
@@ -399,12 +401,6 @@ def test_the_disk_writer_puts_every_piece_where_it_belongs(
 
 
 # -- sizes of a directory ---------------------------------------------------------------------
-
-
-def demo_sizes(emulator: Emulator, build_id: int = DEMO_BUILD) -> dict[int, int]:
-    return {
-        d["id"]: emulator.body_path(d["id"]).stat().st_size for d in emulator.downloads_of(build_id)
-    }
 
 
 async def wait_for_sizes(store: ContentStore, ids: Iterable[int]) -> dict[int, int]:

@@ -880,10 +880,20 @@ def _content_length(response: httpx.Response, where: str) -> int | None:
     value = response.headers.get("Content-Length")
     if value is None or not _is_identity(response.headers):
         return None
-    if _DIGITS.fullmatch(value.strip()) is None or int(value) > MAX_BODY_SIZE:
+    length = _readable_length(value)
+    if length is None:
         raise ProtocolError(
             f"{where}: unreadable Content-Length {value!r}", url=_public_url(response.request)
         )
+    return length
+
+
+def _readable_length(value: str) -> int | None:
+    """A ``Content-Length`` value as a size; None unless it is digits, at most
+    ``MAX_BODY_SIZE``."""
+    value = value.strip()
+    if _DIGITS.fullmatch(value) is None or int(value) > MAX_BODY_SIZE:
+        return None
     return int(value)
 
 
@@ -902,14 +912,12 @@ def _plain_head_info(head: Head) -> ContentInfo | None:
     sent as is. None for anything else, which `ApiClient.probe_download` then handles
     (and explains: ``_content_info`` names what is wrong)."""
     headers = head.headers
-    length = headers.get("content-length", "").strip()
-    if head.status != 200 or not _is_identity(headers) or _DIGITS.fullmatch(length) is None:
-        return None
-    if int(length) > MAX_BODY_SIZE:
+    length = _readable_length(headers.get("content-length", ""))
+    if head.status != 200 or not _is_identity(headers) or length is None:
         return None
     accepts = headers.get("accept-ranges", "").lower() == "bytes"
     return ContentInfo(
-        int(length), accepts, _disposition_filename(headers.get("content-disposition", ""))
+        length, accepts, _disposition_filename(headers.get("content-disposition", ""))
     )
 
 

@@ -11,7 +11,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NoReturn, cast
@@ -83,18 +83,32 @@ class MkwfsOperations(pyfuse3.Operations):
     """Read-only FUSE operations for a ``Tree``."""
 
     def __init__(
-        self, tree: Tree, *, uid: int | None = None, gid: int | None = None, umask: int = 0
+        self,
+        tree: Tree,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        umask: int = 0,
+        on_init: Callable[[], None] | None = None,
     ) -> None:
         """``uid``/``gid`` own every entry (default: the mounting user); ``umask`` is taken
-        off every mode (``--umask``)."""
+        off every mode (``--umask``); ``on_init`` is called when the kernel's first request
+        (INIT) is answered, before any other."""
         super().__init__()
         self._tree = tree
+        self._on_init = on_init
         self._uid = os.getuid() if uid is None else uid
         self._gid = os.getgid() if gid is None else gid
         self._umask = umask
         self._open_dirs: dict[int, _OpenDir] = {}
         self._open_files: dict[int, OpenFile] = {}
         self._next_handle = 1
+
+    @override
+    def init(self) -> None:
+        # Called by libfuse while it handles INIT, which it answers right after.
+        if self._on_init is not None:
+            self._on_init()
 
     def _new_handle(self) -> FileHandleT:
         handle = self._next_handle

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from mkwfs.checks import mount_entry
 from mkwfs.emulator import BIG_BUILD, BIG_ZIP, MEDIUM_FILE, Emulator
-from tests.conftest import MountFactory, wait_for
+from mkwfs.mount import READAHEAD_KB
+from tests.conftest import MountFactory, require, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +35,20 @@ def sha256(path: Path) -> str:
         while chunk := file.read(MiB):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def test_the_readahead_is_raised_before_the_first_request_is_answered(
+    mount_fs: MountFactory,
+) -> None:
+    # A file takes the kernel's readahead when it is opened: one opened at once on a fresh
+    # mount must already get the larger one.
+    require(os.geteuid() == 0, "only root may set a mount's readahead")
+    mnt = mount_fs().path
+    os.stat(mnt)  # the first request after INIT
+    entry = mount_entry(mnt)
+    assert entry is not None
+    setting = Path("/sys/class/bdi", entry[0], "read_ahead_kb")
+    assert int(setting.read_text()) == READAHEAD_KB
 
 
 def test_ten_concurrent_readers_of_a_cold_file_cost_one_download(

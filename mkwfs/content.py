@@ -356,9 +356,17 @@ class ContentStore:
                 self._queued[download_id] = trio.Event()
             self._nursery.start_soon(_guarded, self._probe_all, wanted)
 
+    async def wait_for_sizes(self, download_ids: Iterable[int]) -> None:
+        """Return once none of these sizes is queued for a probe any more: each is known
+        then, or its probe failed (and a ``size`` call would try again)."""
+        for download_id in download_ids:
+            if (queued := self._queued.get(download_id)) is not None:
+                await queued.wait()
+
     async def _probe_all(self, download_ids: list[int]) -> None:
         """The sizes of a batch: on the API's batch path first, then, for what that could
-        not tell, one full probe each (logins, retries, servers without HEAD)."""
+        not tell, one full probe each (logins, retries, servers without HEAD). Each id stays
+        queued until its answer."""
         unknown: list[int] = []
         try:
             await self.load_stored_sizes()
@@ -368,25 +376,29 @@ class ContentStore:
                 async for download_id, info in answers:
                     if info is not None and info.size is not None:
                         self._remember_size(download_id, info.size)
+                        self._unqueue(download_id)
                     else:
                         unknown.append(download_id)
-                    self._unqueue(download_id)
         except MkwfsError as exc:
             log.debug("size probes failed: %s", exc)
-        finally:
-            for download_id in download_ids:
-                self._unqueue(download_id)
+            unknown = [i for i in download_ids if i in self._queued]
 
         async def probe(download_id: int) -> None:
             try:
                 async with self._probe_limiter:
-                    await self.size(download_id)
+                    await self._size_flights.run(download_id, lambda: self._find_size(download_id))
             except MkwfsError as exc:
                 log.debug("size probe of download %d failed: %s", download_id, exc)
+            finally:
+                self._unqueue(download_id)
 
-        async with trio.open_nursery() as nursery:
-            for download_id in unknown:
-                nursery.start_soon(probe, download_id)
+        try:
+            async with trio.open_nursery() as nursery:
+                for download_id in unknown:
+                    nursery.start_soon(probe, download_id)
+        finally:
+            for download_id in download_ids:
+                self._unqueue(download_id)
 
     def _unqueue(self, download_id: int) -> None:
         queued = self._queued.pop(download_id, None)

@@ -175,8 +175,8 @@ class MkwfsOperations(pyfuse3.Operations):
             entries = handle.entries
             if entries is None or start_id == 0:
                 entries = handle.entries = await self._tree.listdir(handle.inode)
-            for index in range(start_id, len(entries)):
-                name, attrs = entries[index]
+            ready = await self._tree.entries_from(handle.inode, entries, start_id)
+            for index, (name, attrs) in enumerate(ready, start_id):
                 if not pyfuse3.readdir_reply(token, name, self._entry(attrs), index + 1):
                     break
                 self._tree.remember(attrs.ino)

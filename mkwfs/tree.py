@@ -108,6 +108,13 @@ _SCAN_WINDOW = 2.0
 #: How many files from the one a scan stats have their sizes probed ahead; the next as many
 #: once the scan is half way through them, so that its probes never run dry.
 _SCAN_AHEAD = 128
+#: A readdir hands out at most this many files of unknown size while nobody is seen to stat
+#: the directory's files: one who does shows before the rest are handed out.
+_READDIR_UNKNOWN = 32
+#: Once a scan goes through a directory, a readdir hands out this many files with their sizes.
+_READDIR_BATCH = 64
+#: How many entries a readdir looks at: more than fit at once.
+_READDIR_WINDOW = 512
 #: Archive indexes kept in memory (a re-read costs only disk reads: the tail is cached).
 _INDEXES = 64
 
@@ -269,6 +276,10 @@ class _Scan:
     listing: Listing
     #: ``names`` before this index have been given to ``prefetch_sizes``.
     horizon: int = 0
+    #: When the scan was last seen going on (a stat or a readdir of its directory).
+    seen: float = 0.0
+    #: A probe for a readdir failed: the rest goes stat by stat (see ``entries_from``).
+    failed: bool = False
 
 
 def build_inode(build_id: int) -> int:
@@ -696,13 +707,16 @@ class Tree:
         listing = self._listings.peek(build_id)
         if listing is not None:
             names = sorted(listing)  # the order ls and file managers stat in
-            scan = self._scan = _Scan(build_id, names, listing)
+            scan = self._scan = _Scan(build_id, names, listing, seen=now)
             scan.horizon = bisect.bisect_left(names, node.name)
             self._probe_ahead(scan)
 
     def _follow_scan(self, scan: _Scan, node: _File) -> None:
         """A stat of a file whose size is known: probe on if the scan nears its horizon."""
-        if node.build.id != scan.build_id or scan.horizon >= len(scan.names):
+        if node.build.id != scan.build_id:
+            return
+        scan.seen = self._timer()
+        if scan.horizon >= len(scan.names):
             return
         if bisect.bisect_left(scan.names, node.name) >= scan.horizon - _SCAN_AHEAD // 2:
             self._probe_ahead(scan)
@@ -721,6 +735,58 @@ class Tree:
             self._nodes.setdefault(child.ino, child)
             entries.append((name, self._attributes(child)))
         return entries
+
+    async def entries_from(
+        self, ino: int, entries: list[tuple[bytes, Attributes]], start: int
+    ) -> list[tuple[bytes, Attributes]]:
+        """Entries of a ``listdir`` snapshot to hand out from ``start`` on, with what is known
+        of them now (the kernel takes as many as fit).
+
+        In a build directory that someone goes through stat by stat (``ls -l``: a scan, see
+        ``getattr``), the next ``_READDIR_BATCH`` files come with their sizes: probed
+        concurrently, waited for, and then cached by the kernel, so that their stats do not
+        reach this process. Otherwise at most ``_READDIR_UNKNOWN`` files of unknown size are
+        handed out at once, so that a scan shows itself early: a plain ``ls`` probes nothing,
+        it only reads in more steps. Should a probe fail, the scan goes on stat by stat,
+        where each stat tells its own error."""
+        window = entries[start : start + _READDIR_WINDOW]
+        node = self._nodes.get(ino)
+        if not isinstance(node, _BuildDir):
+            return window
+        nodes = [self._nodes.get(attrs.ino) for _, attrs in window]
+        files = [n.download.id if isinstance(n, _File) else None for n in nodes]
+        unknown = [
+            i for i, d in enumerate(files) if d is not None and self._content.known_size(d) is None
+        ]
+        if not unknown:
+            return self._current(window, nodes)
+        scan, now = self._scan, self._timer()
+        if (
+            scan is None
+            or scan.build_id != node.build.id
+            or now - scan.seen > _SCAN_WINDOW
+            or scan.failed
+        ):
+            end = unknown[_READDIR_UNKNOWN] if len(unknown) > _READDIR_UNKNOWN else len(window)
+            return self._current(window[:end], nodes[:end])
+        scan.seen = now
+        ahead = files[: _READDIR_BATCH + _SCAN_AHEAD]
+        self._content.prefetch_sizes(d for d in ahead if d is not None)
+        batch = [d for d in files[:_READDIR_BATCH] if d is not None]
+        with trio.move_on_after(self.timeout):
+            await self._content.wait_for_sizes(batch)
+        if any(self._content.known_size(d) is None for d in batch):
+            scan.failed = True
+        return self._current(window[:_READDIR_BATCH], nodes[:_READDIR_BATCH])
+
+    def _current(
+        self, entries: list[tuple[bytes, Attributes]], nodes: list[_Node | None]
+    ) -> list[tuple[bytes, Attributes]]:
+        """``entries`` with their attributes as known now (a size probed since)."""
+        return [
+            (name, attrs if node is None else self._attributes(node))
+            for (name, attrs), node in zip(entries, nodes, strict=True)
+        ]
 
     def remember(self, ino: int) -> None:
         """The kernel took a reference to ``ino`` (a readdirplus entry)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,73 @@ async def test_after_a_remount_listings_carry_the_stored_sizes(
             assert attrs.attr_timeout > 0
     assert emulator.requests[HEAD] == probes
     assert emulator.requests[GET] == 0
+
+
+async def test_a_plain_readdir_probes_nothing_and_hands_out_few_unknown_sizes(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    async with open_tree(emulator, tmp_path) as tree:
+        build = await build_dir(tree, LARGE_BUILD)
+        entries = await tree.listdir(build.ino)
+        handed: list[tuple[bytes, Attributes]] = []
+        while len(handed) < len(entries):
+            batch = await tree.entries_from(build.ino, entries, len(handed))
+            unknown = [a for name, a in batch if name != BUILD_JSON_NAME]
+            # A caller that stats them shows itself before the next are handed out.
+            assert 0 < len(unknown) <= tree_module._READDIR_UNKNOWN
+            assert all(a.attr_timeout == 0 for a in unknown)
+            handed += batch
+    assert handed == entries
+    assert emulator.requests[LIST] == 1
+    assert emulator.requests[HEAD] == 0 and emulator.requests[GET] == 0
+
+
+async def test_readdir_in_a_scan_hands_out_files_with_their_sizes(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    async with open_tree(emulator, tmp_path) as tree:
+        build = await build_dir(tree, LARGE_BUILD)
+        entries = await tree.listdir(build.ino)
+        first = await tree.entries_from(build.ino, entries, 0)
+        # ls -l stats what it read: the second stat of an unknown size shows a scan.
+        for _, attrs in first:
+            await tree.getattr(attrs.ino)
+        handed = list(first)
+        with trio.fail_after(60):
+            while len(handed) < len(entries):
+                batch = await tree.entries_from(build.ino, entries, len(handed))
+                # At least a batch; all that is left once its sizes are known.
+                assert len(batch) >= min(tree_module._READDIR_BATCH, len(entries) - len(handed))
+                for name, attrs in batch:
+                    true_size = emulator.body_path(attrs.ino - FILE_BASE).stat().st_size
+                    assert attrs.size == true_size, name
+                    assert attrs.attr_timeout > 0, name  # the kernel keeps it: no stat comes
+                handed += batch
+    assert [(n, a.ino) for n, a in handed] == [(n, a.ino) for n, a in entries]
+    assert emulator.requests[HEAD] == 1000  # each size probed once
+    assert emulator.requests[LIST] == 1
+
+
+async def test_a_failed_probe_in_a_readdir_leaves_the_rest_to_stats(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    downloads = emulator.downloads_of(LARGE_BUILD)
+    refused = downloads[40]["id"]
+    emulator.config = dataclasses.replace(emulator.config, forbidden_downloads=frozenset({refused}))
+    async with open_tree(emulator, tmp_path) as tree:
+        build = await build_dir(tree, LARGE_BUILD)
+        entries = await tree.listdir(build.ino)
+        first = await tree.entries_from(build.ino, entries, 0)
+        for _, attrs in first:
+            await tree.getattr(attrs.ino)
+        with trio.fail_after(30):
+            batch = await tree.entries_from(build.ino, entries, len(first))
+            after = await tree.entries_from(build.ino, entries, len(first) + len(batch))
+        sizes = {a.ino: a for _, a in batch}
+        assert sizes[file_inode(refused)].attr_timeout == 0
+        assert sum(a.attr_timeout > 0 for a in sizes.values()) == len(batch) - 1
+        # The readdir no longer waits for probes: the rest goes stat by stat...
+        assert sum(a.attr_timeout == 0 for _, a in after) == tree_module._READDIR_UNKNOWN
+        # ... and the stat of the refused file tells why.
+        with pytest.raises(PermissionDenied):
+            await tree.getattr(file_inode(refused))

@@ -40,7 +40,7 @@ from collections.abc import (
 )
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeGuard, TypeVar
+from typing import Any, Protocol, TypeGuard, TypeVar, overload
 
 import httpx
 import trio
@@ -324,7 +324,8 @@ class ApiClient:
         self, download_ids: Sequence[int], *, at_once: int
     ) -> AsyncGenerator[tuple[int, ContentInfo | None], None]:
         """Probe many downloads, ``at_once`` at a time (a directory's sizes), yielding each
-        id with what `probe_download` would say, in the order the answers come.
+        id with what `probe_download` would say, in the order the answers come. Ids added
+        to ``download_ids`` (a list) while the batch runs are probed too.
 
         One ``HEAD`` each on the transport's batch path, and nothing more: an answer that
         is not a plain 200 with a size (an error status, a 405, a failure, a token to log
@@ -344,24 +345,24 @@ class ApiClient:
             "Accept-Encoding": "identity",
             "Authorization": f"Bearer {token}",
         }
-        paths = [f"/api/v1/downloads/{download_id}" for download_id in download_ids]
-        answered = [False] * len(paths)
+        answered: set[int] = set()
         started = time.perf_counter()
         batch = heads.heads(
-            [self._url(path) for path in paths],
+            _DownloadUrls(download_ids, self._url("/api/v1/downloads/")),
             headers,
             at_once=at_once,
             per_request=self._http.timeout,
         )
         async with aclosing(batch) as answers:
             async for index, head in answers:
-                answered[index] = True
-                info = self._batch_answer(f"HEAD {paths[index]}", head, started)
-                yield download_ids[index], info
+                answered.add(index)
+                download_id = download_ids[index]
+                info = self._batch_answer(f"HEAD /api/v1/downloads/{download_id}", head, started)
+                yield download_id, info
                 if info is None:
                     break
         for index, download_id in enumerate(download_ids):
-            if not answered[index]:
+            if index not in answered:
                 yield download_id, None
 
     @asynccontextmanager
@@ -621,6 +622,27 @@ _ERROR_CLASSES: Mapping[int, type[HTTPStatusError]] = {
 
 
 # -- helpers without state --------------------------------------------------------------------
+
+
+class _DownloadUrls(Sequence[str]):
+    """The URLs of ``download_ids`` under ``prefix``, made as they are read: a batch of
+    probes reads them as it goes, and takes ids added to the list meanwhile."""
+
+    def __init__(self, download_ids: Sequence[int], prefix: str) -> None:
+        self._ids = download_ids
+        self._prefix = prefix
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        if isinstance(index, slice):
+            return [f"{self._prefix}{i}" for i in self._ids[index]]
+        return f"{self._prefix}{self._ids[index]}"
 
 
 def _public_url(request: httpx.Request) -> str:

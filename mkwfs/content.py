@@ -266,6 +266,9 @@ class ContentStore:
         self._probe_limiter = trio.CapacityLimiter(_CONCURRENT_PROBES)
         #: Ids a batch of ``prefetch_sizes`` is probing, each set when its answer came.
         self._queued: dict[int, trio.Event] = {}
+        #: Ids queued for the next batch, and whether a task runs the batches.
+        self._next_batch: list[int] = []
+        self._batching = False
         #: Open files per download id: their bodies are not evicted.
         self._held: collections.Counter[int] = collections.Counter()
         #: Whether the server honours Range: None until a ranged request tells.
@@ -351,10 +354,26 @@ class ContentStore:
         """Probe these sizes in the background, a bounded number at a time. A ``size`` call
         for one of them meanwhile waits for its probe rather than sending another."""
         wanted = [i for i in download_ids if i not in self._sizes and i not in self._queued]
-        if wanted:
-            for download_id in wanted:
-                self._queued[download_id] = trio.Event()
-            self._nursery.start_soon(_guarded, self._probe_all, wanted)
+        for download_id in wanted:
+            self._queued[download_id] = trio.Event()
+        self._next_batch += wanted
+        if wanted and not self._batching:
+            self._batching = True
+            self._nursery.start_soon(_guarded, self._run_batches)
+
+    async def _run_batches(self) -> None:
+        """The queued probes, in batches that take what is queued while they run: the
+        server gets at most ``_CONCURRENT_PROBES`` at once, and a scan's probes never wait
+        for a batch to end."""
+        try:
+            await self.load_stored_sizes()
+            while self._next_batch:
+                await self._probe_all(self._next_batch)
+        finally:
+            self._batching = False
+            for download_id in self._next_batch:
+                self._unqueue(download_id)
+            self._next_batch = []
 
     async def wait_for_sizes(self, download_ids: Iterable[int]) -> None:
         """Return once none of these sizes is queued for a probe any more: each is known
@@ -366,12 +385,11 @@ class ContentStore:
     async def _probe_all(self, download_ids: list[int]) -> None:
         """The sizes of a batch: on the API's batch path first, then, for what that could
         not tell, one full probe each (logins, retries, servers without HEAD). Each id stays
-        queued until its answer."""
+        queued until its answer. ``download_ids`` is ``_next_batch``: ids added to it while
+        the batch path runs are taken too; then a new one starts."""
         unknown: list[int] = []
         try:
-            await self.load_stored_sizes()
-            wanted = [i for i in download_ids if i not in self._sizes]
-            batch = self._api.probe_downloads(wanted, at_once=_CONCURRENT_PROBES)
+            batch = self._api.probe_downloads(download_ids, at_once=_CONCURRENT_PROBES)
             async with aclosing(batch) as answers:
                 async for download_id, info in answers:
                     if info is not None and info.size is not None:
@@ -382,6 +400,8 @@ class ContentStore:
         except MkwfsError as exc:
             log.debug("size probes failed: %s", exc)
             unknown = [i for i in download_ids if i in self._queued]
+        finally:
+            self._next_batch = []
 
         async def probe(download_id: int) -> None:
             try:

@@ -1041,6 +1041,9 @@ class Emulator:
         self.patterns: list[JSON] = dataset.patterns
         self.requests: Counter[str] = Counter()
         self.bytes_sent = 0
+        #: Connections open to the HTTP servers now, and the most at once.
+        self.connections = 0
+        self.peak_connections = 0
         self._data = dataset
         self._seed = config.seed
         self._data_dir = config.data_dir or _default_data_dir(config.seed, config.big_file_size)
@@ -1141,10 +1144,12 @@ class Emulator:
             stall.release()
 
     def reset_counters(self) -> None:
-        """Zero ``requests``, ``bytes_sent`` and every download's ``downloaded``."""
+        """Zero ``requests``, ``bytes_sent`` and every download's ``downloaded``; the peak
+        of connections starts again from those open now."""
         with self._lock:
             self.requests.clear()
             self.bytes_sent = 0
+            self.peak_connections = self.connections
             for entry in self.downloads.values():
                 entry["downloaded"] = 0
 
@@ -1582,6 +1587,11 @@ class Emulator:
             self._stalls.add(stall)
         return stall
 
+    def _count_connection(self, change: int) -> None:
+        with self._lock:
+            self.connections += change
+            self.peak_connections = max(self.peak_connections, self.connections)
+
     def _count_sent(self, count: int) -> None:
         with self._lock:
             self.bytes_sent += count
@@ -1649,6 +1659,7 @@ class _HTTPServer(ThreadingHTTPServer):
                 self._connections.add(connection)
             else:
                 self._connections.discard(connection)
+        self.emulator._count_connection(1 if is_open else -1)
 
     def close_connections(self) -> None:
         self.stopping.set()

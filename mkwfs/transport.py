@@ -174,7 +174,8 @@ class CurlTransport(httpx.AsyncBaseTransport):
         per_request: httpx.Timeout,
     ) -> AsyncGenerator[tuple[int, Head], None]:
         """``HEAD`` each of ``urls`` with ``headers``, ``at_once`` at a time; yields the index
-        of each URL with its answer, in the order they come. Nothing but the requests and
+        of each URL with its answer, in the order they come. ``urls`` is read as the batch
+        goes: URLs added to it meanwhile are taken too. Nothing but the requests and
         their heads: no httpx request or response, no task per request (the many size
         probes of a directory listing, at a fraction of the cost of ``send``).
 

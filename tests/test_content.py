@@ -420,6 +420,26 @@ async def test_a_prefetch_probes_each_size_once_with_a_head(
     assert emulator.requests[GET] == 0
 
 
+async def test_prefetches_made_while_probes_run_join_them_within_the_bound(
+    emulator: Emulator, base_url: str, tmp_path: Path
+) -> None:
+    """A scan queues more sizes while the probes of the last ones run: the server still
+    gets at most ``_CONCURRENT_PROBES`` requests at once, each size probed once."""
+    expected = demo_sizes(emulator, LARGE_BUILD)
+    ids = list(expected)
+    async with open_store(emulator, base_url, tmp_path / "cache") as store:
+        store.prefetch_sizes(ids[:100])
+        with trio.fail_after(20):
+            while emulator.requests[HEAD] < 20:  # noqa: ASYNC110 (the emulator's counter)
+                await trio.sleep(0.001)
+        for start in range(100, len(ids), 100):
+            store.prefetch_sizes(ids[start : start + 100])
+            await trio.sleep(0.005)
+        assert await wait_for_sizes(store, ids) == expected
+    assert 1 < emulator.peak_connections <= content._CONCURRENT_PROBES
+    assert emulator.requests[HEAD] == len(ids)
+
+
 @pytest.mark.parametrize("failure", [503, 401, 404])
 async def test_a_prefetch_whose_batch_fails_finds_the_sizes_one_by_one(
     emulator: Emulator, base_url: str, tmp_path: Path, failure: int

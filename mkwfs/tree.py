@@ -263,7 +263,8 @@ _LATEST_BASE: dict[views.GroupKind, int] = {
 }
 _GROUPS_PATH: dict[views.GroupKind, str] = {"project": "/projects", "pattern": "/patterns"}
 
-#: A build's files: unique name -> download, in download id order.
+#: A build's files: unique name -> download, in name order: the order a directory lists
+#: them in, so ``ls -l`` stats them in the order a scan probes them.
 Listing = dict[bytes, Download]
 
 
@@ -410,7 +411,7 @@ class Tree:
             downloads = await self._ask(lambda: self._api.list_downloads(build.id))
             mine = [d for d in downloads if d.build_id in (None, build.id) and d.id < _ID_LIMIT]
             await self._content.load_stored_sizes()
-            return dict(file_names(mine)), final
+            return dict(sorted(file_names(mine))), final
 
         return await self._last_listings.get(build.id, lambda: self._listings.get(build.id, load))
 
@@ -706,7 +707,7 @@ class Tree:
             return
         listing = self._listings.peek(build_id)
         if listing is not None:
-            names = sorted(listing)  # the order ls and file managers stat in
+            names = list(listing)  # in name order, as ls and file managers stat
             scan = self._scan = _Scan(build_id, names, listing, seen=now)
             scan.horizon = bisect.bisect_left(names, node.name)
             self._probe_ahead(scan)

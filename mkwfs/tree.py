@@ -105,8 +105,10 @@ LATEST_NAME = b"latest"
 
 #: Seconds between two size probes in one build that make it look like a directory scan.
 _SCAN_WINDOW = 2.0
-#: How many files from the one a scan stats have their sizes probed ahead; the next as many
-#: once the scan is half way through them, so that its probes never run dry.
+#: How many files from the one a scan stats have their sizes probed ahead at first; twice as
+#: many once the scan is half way through them, and so on up to ``_SCAN_AHEAD``, so that its
+#: probes never run dry. A few stats (a copy of a few files) start only a few probes.
+_SCAN_FIRST = 32
 _SCAN_AHEAD = 128
 #: A readdir hands out at most this many files of unknown size while nobody is seen to stat
 #: the directory's files: one who does shows before the rest are handed out.
@@ -277,6 +279,9 @@ class _Scan:
     listing: Listing
     #: ``names`` before this index have been given to ``prefetch_sizes``.
     horizon: int = 0
+    #: How many were given the last time, and how many will be the next.
+    given: int = 0
+    step: int = _SCAN_FIRST
     #: When the scan was last seen going on (a stat or a readdir of its directory).
     seen: float = 0.0
     #: A probe for a readdir failed: the rest goes stat by stat (see ``entries_from``).
@@ -676,9 +681,9 @@ class Tree:
 
         When two files of one build need a probe within ``_SCAN_WINDOW`` seconds, someone is
         going through the directory (``ls -l``, a file manager): the sizes of the second one
-        and of the files after it (in name order, as ``ls`` goes), ``_SCAN_AHEAD`` in all,
+        and of the files after it (in name order, as ``ls`` goes), ``_SCAN_FIRST`` in all,
         are then probed concurrently in the background, instead of one stat at a time. Once
-        the scan is half way through them, the next as many follow.
+        the scan is half way through them, twice as many follow, up to ``_SCAN_AHEAD``.
         """
         node = self._node(ino)
         match node:
@@ -719,12 +724,13 @@ class Tree:
         scan.seen = self._timer()
         if scan.horizon >= len(scan.names):
             return
-        if bisect.bisect_left(scan.names, node.name) >= scan.horizon - _SCAN_AHEAD // 2:
+        if bisect.bisect_left(scan.names, node.name) >= scan.horizon - scan.given // 2:
             self._probe_ahead(scan)
 
     def _probe_ahead(self, scan: _Scan) -> None:
-        ahead = scan.names[scan.horizon : scan.horizon + _SCAN_AHEAD]
+        ahead = scan.names[scan.horizon : scan.horizon + scan.step]
         scan.horizon += len(ahead)
+        scan.given, scan.step = len(ahead), min(2 * scan.step, _SCAN_AHEAD)
         self._content.prefetch_sizes(scan.listing[name].id for name in ahead)
 
     async def listdir(self, ino: int) -> list[tuple[bytes, Attributes]]:

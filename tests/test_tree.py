@@ -245,6 +245,13 @@ async def test_inodes_are_stable_across_trees(emulator: Emulator, tmp_path: Path
 async def test_a_directory_scan_probes_sizes_concurrently_and_once(
     emulator: Emulator, tmp_path: Path
 ) -> None:
+    async def probes_reach(count: int) -> None:
+        with trio.fail_after(30):
+            while emulator.requests[HEAD] < count:  # noqa: ASYNC110 (the emulator's counter)
+                await trio.sleep(0.01)
+            await trio.sleep(0.1)
+        assert emulator.requests[HEAD] == count
+
     async with open_tree(emulator, tmp_path) as tree:
         build = await build_dir(tree, LARGE_BUILD)
         entries = await files(tree, build.ino)
@@ -255,24 +262,22 @@ async def test_a_directory_scan_probes_sizes_concurrently_and_once(
         # A second one soon after looks like `ls -l`: it and the next files (in name order,
         # as ls goes) are probed in the background, and only they.
         await tree.getattr(entries[1][1].ino)
-        ahead = 1 + tree_module._SCAN_AHEAD
-        with trio.fail_after(30):
-            while emulator.requests[HEAD] < ahead:  # noqa: ASYNC110 (the emulator's counter)
-                await trio.sleep(0.01)
-            await trio.sleep(0.1)
-            assert emulator.requests[HEAD] == ahead
-            # Going on through the directory takes the probing on with it, ahead of the
-            # stats: half way through what was probed, the next files are.
-            for position, (name, attrs) in enumerate(entries):
-                if position == ahead - tree_module._SCAN_AHEAD // 2 - 1:
-                    assert emulator.requests[HEAD] == ahead
-                if position == ahead - tree_module._SCAN_AHEAD // 2 + 1:
-                    with trio.fail_after(30):
-                        while emulator.requests[HEAD] < ahead + tree_module._SCAN_AHEAD:  # noqa: ASYNC110
-                            await trio.sleep(0.01)
-                stat = await tree.getattr(attrs.ino)
-                assert stat.size == emulator.body_path(attrs.ino - FILE_BASE).stat().st_size
-                assert stat.attr_timeout > 0, name
+        first_step, bound = tree_module._SCAN_FIRST, tree_module._SCAN_AHEAD
+        horizon, given, step = 1 + first_step, first_step, min(2 * first_step, bound)
+        await probes_reach(horizon)
+        # Going on through the directory takes the probing on with it, ahead of the stats:
+        # half way through what was probed last, twice as many files are, up to a bound.
+        steps = []
+        for position, (name, attrs) in enumerate(entries):
+            stat = await tree.getattr(attrs.ino)
+            if horizon < len(entries) and position >= horizon - given // 2:
+                given = min(step, len(entries) - horizon)
+                horizon, step = horizon + given, min(2 * step, bound)
+                steps.append(given)
+                await probes_reach(horizon)
+            assert stat.size == emulator.body_path(attrs.ino - FILE_BASE).stat().st_size
+            assert stat.attr_timeout > 0, name
+        assert steps[:3] == [2 * first_step, 4 * first_step, bound]
     assert first.size > 0
     assert emulator.requests[HEAD] == 1000  # each size probed once
     assert emulator.requests[LIST] == 1

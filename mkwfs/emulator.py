@@ -30,9 +30,11 @@ import argparse
 import base64
 import contextlib
 import datetime as dt
+import email.utils
 import fcntl
 import hashlib
 import hmac
+import html
 import http.client
 import io
 import json
@@ -42,6 +44,7 @@ import os
 import random
 import re
 import secrets
+import selectors
 import signal
 import socket
 import socketserver
@@ -1587,6 +1590,17 @@ class Emulator:
             self._stalls.add(stall)
         return stall
 
+    def _answers_at_once(self, target: str) -> bool:
+        """Whether `handle` answers a request for ``target`` without waiting: not one for a
+        download whose body this process has not looked at yet (it may be generated)."""
+        match = _DOWNLOAD_TARGET.match(target)
+        if match is None:
+            return True
+        download_id = int(match[1])
+        with self._lock:
+            spec = self._data.bodies.get(download_id)
+            return spec is None or (download_id, spec) in self._paths
+
     def _count_connection(self, change: int) -> None:
         with self._lock:
             self.connections += change
@@ -1624,11 +1638,125 @@ _HTTP_VERSION: Final = re.compile(r"HTTP/1\.[0-9]")
 #: http.client's limits on a request's head.
 _HEADER_LINE_LIMIT: Final = 65536
 _HEADER_COUNT_LIMIT: Final = 100
+#: A request for a download's body (or its head).
+_DOWNLOAD_TARGET: Final = re.compile(r"/api/v1/downloads/(\d+)(?:[?#]|$)")
+#: Bytes the loop server reads from a connection at once.
+_RECEIVE_SIZE: Final = 65536
+
+
+_SERVER_HEADER: Final = "MetaKraftwerk-emulator "
+
+
+def _response_head(status: int, headers: Iterable[tuple[str, str]]) -> tuple[bytes, bool | None]:
+    """A response's status line and headers, as ``http.server`` writes them (``Server`` and
+    ``Date`` first); and what a ``Connection`` header among them says: True for close,
+    False for keep-alive, None for neither."""
+    reason = BaseHTTPRequestHandler.responses.get(status, ("",))[0]
+    date = email.utils.formatdate(usegmt=True)
+    lines = [
+        f"HTTP/1.1 {status} {reason}\r\n",
+        f"Server: {_SERVER_HEADER}\r\n",
+        f"Date: {date}\r\n",
+    ]
+    close = None
+    for name, value in headers:
+        lines.append(f"{name}: {value}\r\n")
+        if name.lower() == "connection" and value.lower() in ("close", "keep-alive"):
+            close = value.lower() == "close"
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1"), close
+
+
+def _error_page(status: int, message: str) -> bytes:
+    """What ``http.server``'s ``send_error`` sends for a request it refuses (then it closes)."""
+    text = html.escape(f"{status} {message}")
+    body = f"<html><body><h1>{text}</h1></body></html>\n".encode()
+    head, _ = _response_head(
+        status,
+        [
+            ("Connection", "close"),
+            ("Content-Type", "text/html;charset=utf-8"),
+            ("Content-Length", str(len(body))),
+        ],
+    )
+    return head + body
+
+
+def _too_long(*, first: bool) -> bytes:
+    """The refusal of a request line (414) or head (431) over ``http.client``'s limits."""
+    if first:
+        return _error_page(414, "Request-URI Too Long")
+    return _error_page(431, "Request Header Fields Too Large")
+
+
+def _send_file(
+    connection: socket.socket, body: FileBody, chunked: bool, stopping: threading.Event
+) -> bool:
+    """Send ``body`` with sendfile, paced, stalled and chunk-framed as asked; after a cut,
+    close or reset the connection so the client sees a short body. Whether the connection
+    goes on (False after a cut)."""
+    with body.path.open("rb") as file:
+        for offset, count in body.paced(stopping=stopping.is_set):
+            if chunked:
+                connection.sendall(b"%X\r\n" % count)
+            body.on_sent(connection.sendfile(file, offset, count))
+            if chunked:
+                connection.sendall(b"\r\n")
+    if body.dropped:
+        if body.ending == "reset":
+            _reset(connection)
+        else:
+            connection.shutdown(socket.SHUT_RDWR)
+        return False
+    if chunked:
+        connection.sendall(b"0\r\n\r\n")
+    return True
+
+
+def _reset(connection: socket.socket) -> None:
+    """Abort the connection with a RST (SO_LINGER 0), once the client has acknowledged
+    what was sent (bounded), so that it can read those bytes before the reset."""
+    deadline = time.monotonic() + _DRAIN_TIMEOUT
+    while _unacknowledged(connection) and time.monotonic() < deadline:
+        time.sleep(_POLL / 2)
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # The file descriptor closes now; the detached socket object stays harmless.
+    os.close(connection.detach())
+
+
+def _send_response(
+    connection: socket.socket,
+    method: str,
+    response: httpx.Response,
+    stopping: threading.Event,
+    *,
+    before: bytes = b"",
+) -> bool | None:
+    """Send ``response`` (after ``before``, answers already due on the connection), once its
+    `response_delay` is over: blocking, for the responses that take time. What its
+    ``Connection`` header says, as `_response_head`; False when the body was cut."""
+    if before:
+        connection.sendall(before)
+    if delay := response_delay(response):
+        time.sleep(delay)
+    head, close = _response_head(response.status_code, response.headers.multi_items())
+    connection.sendall(head)
+    if method == "HEAD":
+        return close
+    if isinstance(response.stream, FileBody):
+        chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        if not _send_file(connection, response.stream, chunked, stopping):
+            return True
+    else:
+        connection.sendall(response.read())
+    return close
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    """Serves an `Emulator` and remembers its connections, so that stopping it really
-    disconnects keep-alive clients (and ends their stalls: see ``stopping``)."""
+    """Serves an `Emulator` from a thread per connection and remembers its connections, so
+    that stopping it really disconnects keep-alive clients (and ends their stalls: see
+    ``stopping``). `EmulatorServer` uses `_LoopServer`; this one serves what a selector
+    loop cannot take as it is (a TLS socket, in the tests)."""
 
     daemon_threads = True
     # socketserver's default backlog of 5 drops the SYNs of a burst of new connections
@@ -1753,57 +1881,343 @@ class _RequestHandler(BaseHTTPRequestHandler):
             _log.exception("emulator failed on %s %s", self.command, self.path)
             response = _error_response(500, "Internal emulator error")
         try:
-            if delay := response_delay(response):
-                time.sleep(delay)
-            self.send_response(response.status_code)
-            for name, value in response.headers.multi_items():
-                self.send_header(name, value)
-            self.end_headers()
-            if self.command == "HEAD":
-                return
-            if isinstance(response.stream, FileBody):
-                chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
-                self._send_file(response.stream, chunked)
-            else:
-                self.wfile.write(response.read())
+            close = _send_response(self.connection, self.command, response, self.server.stopping)
         except ConnectionError:  # the client went away, or the server was stopped
-            self.close_connection = True
+            close = True
+        if close is not None:
+            self.close_connection = close
 
     do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
 
-    def _send_file(self, body: FileBody, chunked: bool) -> None:
-        """Send ``body`` with sendfile, paced, stalled and chunk-framed as asked; after a cut,
-        close or reset the connection so the client sees a short body."""
-        with body.path.open("rb") as file:
-            for offset, count in body.paced(stopping=self.server.stopping.is_set):
-                if chunked:
-                    self.wfile.write(b"%X\r\n" % count)
-                body.on_sent(self.connection.sendfile(file, offset, count))
-                if chunked:
-                    self.wfile.write(b"\r\n")
-        if body.dropped:
-            self.close_connection = True
-            if body.ending == "reset":
-                self._reset()
-            else:
-                self.connection.shutdown(socket.SHUT_RDWR)
-        elif chunked:
-            self.wfile.write(b"0\r\n\r\n")
 
-    def _reset(self) -> None:
-        """Abort the connection with a RST (SO_LINGER 0), once the client has acknowledged
-        what was sent (bounded), so that it can read those bytes before the reset."""
-        deadline = time.monotonic() + _DRAIN_TIMEOUT
-        while _unacknowledged(self.connection) and time.monotonic() < deadline:
-            time.sleep(_POLL / 2)
-        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        # close() would wait for rfile and wfile; the detached socket object stays harmless.
-        os.close(self.connection.detach())
+@dataclass(eq=False)
+class _Connection:
+    sock: socket.socket
+    received: bytearray = field(default_factory=bytearray)
+    #: A worker thread is sending on it; the loop leaves it alone meanwhile.
+    busy: bool = False
+    #: ``100 Continue`` was sent for the request whose body is awaited.
+    continued: bool = False
+
+
+@dataclass
+class _Request:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    close: bool
+
+
+class _LoopServer:
+    """The emulator over HTTP/1.1 from one thread with a selector, the way an event-loop
+    server runs: quick requests (a ``HEAD``, a listing, a login) are read, answered and
+    written by that thread, without a thread per connection. A thread switch per request
+    was about a third of the emulator's CPU in a cold ``ls -l`` (1000 ``HEAD``s, 16 at a
+    time), and the floor the benchmark compares with. A response that takes time (a body,
+    a delay) is sent by a thread of its own, after which the connection comes back.
+
+    Requests are parsed as `_RequestHandler.parse_request` does, and refused with the same
+    statuses; its interface is the part of ``socketserver``'s that `EmulatorServer` uses."""
+
+    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.stopping = threading.Event()
+        self.socket = socket.create_server(address, backlog=_HTTPServer.request_queue_size)
+        self.socket.setblocking(False)
+        host, port = self.socket.getsockname()[:2]
+        self.server_name, self.server_port = str(host), int(port)
+        self._selector = selectors.DefaultSelector()
+        self._wake_in, self._wake_out = socket.socketpair()
+        self._wake_in.setblocking(False)
+        self._selector.register(self.socket, selectors.EVENT_READ)
+        self._selector.register(self._wake_in, selectors.EVENT_READ)
+        #: Every open connection; guarded by ``_lock``, like ``_returned`` and ``_stopped``.
+        self._connections: set[_Connection] = set()
+        self._returned: list[_Connection] = []
+        self._stopped = False
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+
+    # -- socketserver's interface --------------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        try:
+            while not self._stopped:
+                for key, _ in self._selector.select(poll_interval):
+                    if key.fileobj is self.socket:
+                        self._accept()
+                    elif key.fileobj is self._wake_in:
+                        self._take_back()
+                    else:
+                        self._receive(key.data)
+        finally:
+            self._done.set()
+
+    def shutdown(self) -> None:
+        """Stop `serve_forever` and wait for it; open connections stay (see
+        `close_connections`)."""
+        with self._lock:
+            self._stopped = True
+        self._wake()
+        self._done.wait()
+
+    def server_close(self) -> None:
+        self._selector.close()
+        self.socket.close()
+        self._wake_in.close()
+        self._wake_out.close()
+
+    def close_connections(self) -> None:
+        """Cut every connection; those a worker sends on end with its next write."""
+        self.stopping.set()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):  # already closed by the client
+                connection.sock.shutdown(socket.SHUT_RDWR)
+            if not connection.busy:
+                self._close(connection)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_out.send(b"\0")
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of descriptors, or the peer gave up: next time
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            connection = _Connection(sock)
+            with self._lock:
+                self._connections.add(connection)
+            self.emulator._count_connection(1)
+            self._selector.register(sock, selectors.EVENT_READ, connection)
+
+    def _take_back(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_in.recv(4096)
+        with self._lock:
+            returned, self._returned = self._returned, []
+        for connection in returned:
+            self._selector.register(connection.sock, selectors.EVENT_READ, connection)
+            self._answer(connection)
+
+    def _receive(self, connection: _Connection) -> None:
+        try:
+            data = connection.sock.recv(_RECEIVE_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(connection)
+            return
+        connection.received += data
+        self._answer(connection)
+
+    def _answer(self, connection: _Connection) -> None:
+        """Answer the complete requests received; hand the connection to a worker at the
+        first answer that takes time."""
+        due: list[bytes] = []
+        while (request := self._next_request(connection, due)) is not None:
+            if isinstance(request, bytes):  # refused: the connection ends with it
+                due.append(request)
+                self._send_and_close(connection, b"".join(due))
+                return
+            if not self.emulator._answers_at_once(request.target):
+                self._hand_over(connection, request, None, b"".join(due))
+                return
+            response = self._handle(request)
+            if response is None:  # the server went down while the request was in flight
+                self._send_and_close(connection, b"".join(due))
+                return
+            if isinstance(response.stream, FileBody) or response_delay(response):
+                self._hand_over(connection, request, response, b"".join(due))
+                return
+            head, close = _response_head(response.status_code, response.headers.multi_items())
+            due.append(head if request.method == "HEAD" else head + response.read())
+            if close if close is not None else request.close:
+                self._send_and_close(connection, b"".join(due))
+                return
+        if due:
+            self._send(connection, b"".join(due))
+
+    def _handle(self, request: _Request) -> httpx.Response | None:
+        """`Emulator.handle`; None when the server went down meanwhile."""
+        try:
+            return self.emulator.handle(
+                httpx.Request(
+                    request.method,
+                    f"http://{self.server_name}:{self.server_port}{request.target}",
+                    headers=request.headers,
+                    content=request.body,
+                )
+            )
+        except httpx.TransportError:
+            return None
+        except Exception:
+            _log.exception("emulator failed on %s %s", request.method, request.target)
+            return _error_response(500, "Internal emulator error")
+
+    def _next_request(self, connection: _Connection, due: list[bytes]) -> _Request | bytes | None:
+        """The next complete request received, taken off the buffer; the answer that refuses
+        it (bytes); or None until more comes."""
+        received = connection.received
+        end = received.find(b"\n\r\n")
+        bare = received.find(b"\n\n")
+        if bare != -1 and (end == -1 or bare < end):
+            end, skip = bare, 2
+        else:
+            skip = 3
+        if end == -1:
+            if received and received.lstrip(b"\r\n") == b"":
+                # http.server reads a blank request line as the end of the connection.
+                return b""
+            line_start = received.rfind(b"\n") + 1
+            if len(received) - line_start > _HEADER_LINE_LIMIT:  # a line without an end
+                return _too_long(first=line_start == 0)
+            return None
+        lines = bytes(received[: end + 1]).split(b"\n")
+        for index, line in enumerate(lines):
+            if len(line) + 1 > _HEADER_LINE_LIMIT:
+                return _too_long(first=index == 0)
+        request_line = str(lines[0], "iso-8859-1").rstrip("\r\n")
+        words = request_line.split()
+        if not words:
+            return b""
+        if len(words) != 3 or _HTTP_VERSION.fullmatch(words[2]) is None:
+            return _error_page(400, f"Bad request line {request_line!r}")
+        method, target, version = words
+        headers: list[tuple[str, str]] = []
+        for line in lines[1:]:
+            if len(headers) >= _HEADER_COUNT_LIMIT:
+                return _too_long(first=False)
+            if line in (b"\r", b""):
+                break
+            name, colon, value = line.decode("iso-8859-1").partition(":")
+            if not colon or not name.strip():
+                return _error_page(400, f"Bad header line {line!r}")
+            headers.append((name.strip(), value.strip()))
+        fields = {name.lower(): value for name, value in headers}
+        close = version == "HTTP/1.0"
+        connection_header = fields.get("connection", "").lower()
+        if connection_header == "close":
+            close = True
+        elif connection_header == "keep-alive":
+            close = False
+        length = fields.get("content-length") or "0"
+        if not length.isdigit():
+            return _error_page(400, "Bad Content-Length")
+        start = end + skip
+        if len(received) < start + int(length):
+            expect = fields.get("expect", "").lower()
+            if expect == "100-continue" and not close and not connection.continued:
+                connection.continued = True
+                due.append(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return None
+        body = bytes(received[start : start + int(length)])
+        del received[: start + int(length)]
+        connection.continued = False
+        return _Request(method, target, headers, body, close)
+
+    def _send(self, connection: _Connection, data: bytes) -> None:
+        """Send what is due; what the socket does not take at once, a worker sends."""
+        try:
+            sent = connection.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close(connection)
+            return
+        if sent < len(data):
+            self._hand_over(connection, None, None, data[sent:])
+
+    def _send_and_close(self, connection: _Connection, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            connection.sock.setblocking(True)
+            connection.sock.settimeout(_DRAIN_TIMEOUT)
+            connection.sock.sendall(data)
+            connection.sock.shutdown(socket.SHUT_WR)
+        self._close(connection)
+
+    def _close(self, connection: _Connection) -> None:
+        with self._lock:
+            if connection not in self._connections:
+                return
+            self._connections.discard(connection)
+        with contextlib.suppress(KeyError, ValueError, RuntimeError, OSError):
+            self._selector.unregister(connection.sock)
+        connection.sock.close()
+        self.emulator._count_connection(-1)
+
+    def _hand_over(
+        self,
+        connection: _Connection,
+        request: _Request | None,
+        response: httpx.Response | None,
+        before: bytes,
+    ) -> None:
+        """Let a thread send ``before`` and the answer to ``request``: ``response``, or with
+        None what `Emulator.handle` says there (which may take time itself). It blocks on
+        delays and bodies; the connection comes back to the loop after, unless it ends."""
+        self._selector.unregister(connection.sock)
+        connection.busy = True
+        threading.Thread(
+            target=self._send_in_thread,
+            args=(connection, request, response, before),
+            daemon=True,
+            name=f"mkwfs-emulator-{self.server_port}-send",
+        ).start()
+
+    def _send_in_thread(
+        self,
+        connection: _Connection,
+        request: _Request | None,
+        response: httpx.Response | None,
+        before: bytes,
+    ) -> None:
+        sock = connection.sock
+        close: bool | None = True
+        try:
+            sock.setblocking(True)
+            if request is None:
+                sock.sendall(before)
+                close = False
+            elif (response := response or self._handle(request)) is not None:
+                close = _send_response(sock, request.method, response, self.stopping, before=before)
+                if close is None:
+                    close = request.close
+            else:
+                sock.sendall(before)
+            if sock.fileno() != -1:
+                sock.setblocking(False)
+        except OSError:  # the client went away, or the server was stopped
+            close = True
+        connection.busy = False
+        with self._lock:
+            back = not close and not self._stopped and sock.fileno() != -1
+            if back:
+                self._returned.append(connection)
+        if back:
+            self._wake()
+            return
+        if sock.fileno() != -1:  # after a reset the descriptor is gone already
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+        self._close(connection)
 
 
 class EmulatorServer:
-    """Serves an `Emulator` over real HTTP/1.1 (keep-alive) on ``host:port`` from daemon
-    threads, as a server that can go down and come back.
+    """Serves an `Emulator` over real HTTP/1.1 (keep-alive) on ``host:port`` from a daemon
+    thread (`_LoopServer`), as a server that can go down and come back.
 
     It listens while it is started and ``emulator.config.down`` is false. `stop` closes the
     listening socket and cuts every open connection (clients then get ECONNREFUSED), `start`
@@ -1815,7 +2229,7 @@ class EmulatorServer:
         self.host = host
         self.port = port
         self._started = False
-        self._server: _HTTPServer | None = None
+        self._server: _LoopServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -1871,7 +2285,7 @@ class EmulatorServer:
             self._shut()
 
     def _listen(self) -> None:
-        server = _HTTPServer((self.host, self.port), self.emulator)
+        server = _LoopServer((self.host, self.port), self.emulator)
         self.host, self.port = server.server_name, server.server_port
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
@@ -1891,7 +2305,7 @@ class EmulatorServer:
 
 @contextlib.contextmanager
 def serve_in_thread(emulator: Emulator, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Serve ``emulator`` over real HTTP/1.1 (keep-alive) from daemon threads; yield the base
+    """Serve ``emulator`` over real HTTP/1.1 (keep-alive) from a daemon thread; yield the base
     URL ``http://HOST:PORT``. On exit the server stops and open connections are cut. An
     `EmulatorServer` used as a context manager, for code that needs only the URL."""
     with EmulatorServer(emulator, host, port) as server:

@@ -477,8 +477,6 @@ def _child_emulator(big_file_size: int) -> int:
     stdin: {"op": "counts"} and {"op": "paths", "ids": [...]}; stop at EOF or SIGTERM."""
     from mkwfs.emulator import Emulator, EmulatorConfig, serve_in_thread
 
-    # serve_in_thread's server is a socketserver.TCPServer: give it a real server's backlog.
-    socketserver.TCPServer.request_queue_size = LISTEN_BACKLOG
     emulator = Emulator(EmulatorConfig(big_file_size=big_file_size))
     with serve_in_thread(emulator) as url:
         _answer({"url": url, "token": emulator.issue_token()})

@@ -1039,6 +1039,87 @@ def test_requests_on_one_connection_follow_keep_alive_and_close(emulator: Emulat
     assert emulator.requests["HEAD /api/v1/projects"] == 4
 
 
+def test_a_request_after_a_body_on_one_connection_is_answered_after_it(
+    emulator: Emulator,
+) -> None:
+    """A body is sent by a thread of its own; the request that came right behind it on the
+    same connection waits for it, then is answered."""
+    token = emulator.issue_token()
+    auth = f"Host: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    body = emulator.body_path(SMALL_ZIP).read_bytes()
+    request = f"GET /api/v1/downloads/{SMALL_ZIP} HTTP/1.1\r\n{auth}"
+    request += f"HEAD /api/v1/downloads/{SMALL_ZIP} HTTP/1.1\r\n{auth}"
+    with serve_in_thread(emulator) as url:
+        emulator.body_path(SMALL_ZIP)
+        answer = exchange_raw(url, request.encode())
+    first, _, rest = answer.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200")
+    assert rest.startswith(body)
+    assert rest[len(body) :].startswith(b"HTTP/1.1 200")
+    assert emulator.requests["GET /api/v1/downloads/:id"] == 1
+    assert emulator.requests["HEAD /api/v1/downloads/:id"] == 1
+
+
+def test_a_request_in_pieces_and_one_that_expects_100_continue(
+    emulator: Emulator, config: EmulatorConfig
+) -> None:
+    login = json.dumps({"strategy": "local", "email": config.email, "password": config.password})
+    head = (
+        "POST /authentication HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Expect: 100-continue\r\nContent-Length: {len(login)}\r\n\r\n"
+    )
+    with serve_in_thread(emulator) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as connection:
+            for byte in head.encode():  # the head a byte at a time
+                connection.sendall(bytes([byte]))
+            assert connection.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            connection.sendall(login.encode())
+            connection.settimeout(0.5)
+            answer = b""
+            with contextlib.suppress(TimeoutError):
+                while chunk := connection.recv(65536):
+                    answer += chunk
+    assert answer.startswith(b"HTTP/1.1 201")
+    assert b'"accessToken"' in answer
+
+
+def test_an_answer_bigger_than_the_socket_takes_arrives_whole(emulator: Emulator) -> None:
+    token = emulator.issue_token()
+    request = (
+        f"GET /api/v1/downloads?build_id={LARGE_BUILD}&$limit=1000 HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    with serve_in_thread(emulator) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as connection:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            connection.sendall(request.encode())
+            time.sleep(0.3)  # the server's send buffer fills: the rest waits for the reader
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: (\d+)", head)[1])  # type: ignore[index]
+    assert len(body) == length > 200_000
+    assert len(json.loads(body)) == 1000  # unpaginated: a plain list
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status_line"),
+    [
+        (b"GET /" + b"x" * 70000, b"HTTP/1.1 414"),
+        (b"GET / HTTP/1.1\r\nX: " + b"x" * 70000, b"HTTP/1.1 431"),
+    ],
+)
+def test_a_line_without_an_end_is_refused_without_waiting_for_it(
+    emulator: Emulator, request_bytes: bytes, status_line: bytes
+) -> None:
+    with serve_in_thread(emulator) as url:
+        answer = exchange_raw(url, request_bytes)
+    assert answer.startswith(status_line)
+
+
 def test_config_down_stops_every_server(emulator: Emulator) -> None:
     """``down`` acts on servers made with serve_in_thread too, and comes back on its own."""
     headers = {"Authorization": f"Bearer {emulator.issue_token()}"}

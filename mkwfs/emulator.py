@@ -1752,6 +1752,13 @@ def _send_response(
     return close
 
 
+def _cut(connections: Iterable[socket.socket]) -> None:
+    """End these connections both ways: their clients see them closed, their threads fail."""
+    for connection in connections:
+        with contextlib.suppress(OSError):  # already closed by the client
+            connection.shutdown(socket.SHUT_RDWR)
+
+
 class _HTTPServer(ThreadingHTTPServer):
     """Serves an `Emulator` from a thread per connection and remembers its connections, so
     that stopping it really disconnects keep-alive clients (and ends their stalls: see
@@ -1793,9 +1800,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self.stopping.set()
         with self._connections_lock:
             connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                connection.shutdown(socket.SHUT_RDWR)
+        _cut(connections)
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
@@ -1973,9 +1978,8 @@ class _LoopServer:
         self.stopping.set()
         with self._lock:
             connections = list(self._connections)
+        _cut(c.sock for c in connections)
         for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                connection.sock.shutdown(socket.SHUT_RDWR)
             if not connection.busy:
                 self._close(connection)
 

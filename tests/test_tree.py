@@ -319,16 +319,25 @@ async def test_a_plain_readdir_probes_nothing_and_hands_out_few_unknown_sizes(
     assert emulator.requests[HEAD] == 0 and emulator.requests[GET] == 0
 
 
+async def start_a_scan(
+    tree: Tree,
+) -> tuple[Attributes, list[tuple[bytes, Attributes]], list[tuple[bytes, Attributes]]]:
+    """Do what ls -l does first in the large build: read the first step of entries and stat
+    them (the second stat of an unknown size shows a scan). The build directory, all its
+    entries, and that first step."""
+    build = await build_dir(tree, LARGE_BUILD)
+    entries = await tree.listdir(build.ino)
+    first = await tree.entries_from(build.ino, entries, 0)
+    for _, attrs in first:
+        await tree.getattr(attrs.ino)
+    return build, entries, first
+
+
 async def test_readdir_in_a_scan_hands_out_files_with_their_sizes(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     async with open_tree(emulator, tmp_path) as tree:
-        build = await build_dir(tree, LARGE_BUILD)
-        entries = await tree.listdir(build.ino)
-        first = await tree.entries_from(build.ino, entries, 0)
-        # ls -l stats what it read: the second stat of an unknown size shows a scan.
-        for _, attrs in first:
-            await tree.getattr(attrs.ino)
+        build, entries, first = await start_a_scan(tree)
         handed = list(first)
         with trio.fail_after(60):
             while len(handed) < len(entries):
@@ -352,11 +361,7 @@ async def test_a_failed_probe_in_a_readdir_leaves_the_rest_to_stats(
     refused = downloads[40]["id"]
     emulator.config = dataclasses.replace(emulator.config, forbidden_downloads=frozenset({refused}))
     async with open_tree(emulator, tmp_path) as tree:
-        build = await build_dir(tree, LARGE_BUILD)
-        entries = await tree.listdir(build.ino)
-        first = await tree.entries_from(build.ino, entries, 0)
-        for _, attrs in first:
-            await tree.getattr(attrs.ino)
+        build, entries, first = await start_a_scan(tree)
         with trio.fail_after(30):
             batch = await tree.entries_from(build.ino, entries, len(first))
             after = await tree.entries_from(build.ino, entries, len(first) + len(batch))

@@ -2205,6 +2205,9 @@ class _LoopServer:
                 sock.setblocking(False)
         except OSError:  # the client went away, or the server was stopped
             close = True
+        except Exception:  # the connection must end all the same
+            _log.exception("emulator failed sending an answer")
+            close = True
         connection.busy = False
         with self._lock:
             back = not close and not self._stopped and sock.fileno() != -1

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any, Final, Literal
+from typing import IO, Any, Final, Literal, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -1590,7 +1590,7 @@ class Emulator:
             self._stalls.add(stall)
         return stall
 
-    def _answers_at_once(self, target: str) -> bool:
+    def answers_at_once(self, target: str) -> bool:
         """Whether `handle` answers a request for ``target`` without waiting: not one for a
         download whose body this process has not looked at yet (it may be generated)."""
         match = _DOWNLOAD_TARGET.match(target)
@@ -1601,7 +1601,7 @@ class Emulator:
             spec = self._data.bodies.get(download_id)
             return spec is None or (download_id, spec) in self._paths
 
-    def _count_connection(self, change: int) -> None:
+    def count_connection(self, change: int) -> None:
         with self._lock:
             self.connections += change
             self.peak_connections = max(self.peak_connections, self.connections)
@@ -1638,6 +1638,10 @@ _HTTP_VERSION: Final = re.compile(r"HTTP/1\.[0-9]")
 #: http.client's limits on a request's head.
 _HEADER_LINE_LIMIT: Final = 65536
 _HEADER_COUNT_LIMIT: Final = 100
+#: The servers' listen backlog. socketserver's default of 5 drops the SYNs of a burst of new
+#: connections (16 concurrent size probes, 8 parallel readers): each then waits a 1 s
+#: retransmit, a figure of the test server, not of the client.
+LISTEN_BACKLOG: Final = 128
 #: A request for a download's body (or its head).
 _DOWNLOAD_TARGET: Final = re.compile(r"/api/v1/downloads/(\d+)(?:[?#]|$)")
 #: Bytes the loop server reads from a connection at once.
@@ -1762,13 +1766,11 @@ def _cut(connections: Iterable[socket.socket]) -> None:
 class _HTTPServer(ThreadingHTTPServer):
     """Serves an `Emulator` from a thread per connection and remembers its connections, so
     that stopping it really disconnects keep-alive clients (and ends their stalls: see
-    ``stopping``). `EmulatorServer` uses `_LoopServer`; this one serves what a selector
+    ``stopping``). `EmulatorServer` uses `LoopServer`; this one serves what a selector
     loop cannot take as it is (a TLS socket, in the tests)."""
 
     daemon_threads = True
-    # socketserver's default backlog of 5 drops the SYNs of a burst of new connections
-    # (16 concurrent size probes, 8 parallel readers): each then waits a 1 s retransmit.
-    request_queue_size = 128
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
         self.emulator = emulator
@@ -1794,7 +1796,7 @@ class _HTTPServer(ThreadingHTTPServer):
                 self._connections.add(connection)
             else:
                 self._connections.discard(connection)
-        self.emulator._count_connection(1 if is_open else -1)
+        self.emulator.count_connection(1 if is_open else -1)
 
     def close_connections(self) -> None:
         self.stopping.set()
@@ -1914,21 +1916,39 @@ class _Request:
     close: bool
 
 
-class _LoopServer:
-    """The emulator over HTTP/1.1 from one thread with a selector, the way an event-loop
+class HttpApp(Protocol):
+    """What `LoopServer` serves: `Emulator`, or the benchmark's directory server."""
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        """The answer to ``request``: its body bytes, or a `FileBody` to send; it may keep
+        a `response_delay`. ``httpx.TransportError``: close without an answer."""
+        ...
+
+    def answers_at_once(self, target: str) -> bool:
+        """Whether `handle` answers a request for ``target`` without blocking."""
+        ...
+
+    def count_connection(self, change: int) -> None:
+        """A connection opened (+1) or closed (-1)."""
+        ...
+
+
+class LoopServer:
+    """An `HttpApp` over HTTP/1.1 from one thread with a selector, the way an event-loop
     server runs: quick requests (a ``HEAD``, a listing, a login) are read, answered and
     written by that thread, without a thread per connection. A thread switch per request
     was about a third of the emulator's CPU in a cold ``ls -l`` (1000 ``HEAD``s, 16 at a
     time), and the floor the benchmark compares with. A response that takes time (a body,
-    a delay) is sent by a thread of its own, after which the connection comes back.
+    a delay, one ``answers_at_once`` says no to) is sent by a thread of its own, after which
+    the connection comes back.
 
     Requests are parsed as `_RequestHandler.parse_request` does, and refused with the same
     statuses; its interface is the part of ``socketserver``'s that `EmulatorServer` uses."""
 
-    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
-        self.emulator = emulator
+    def __init__(self, address: tuple[str, int], app: HttpApp) -> None:
+        self.app = app
         self.stopping = threading.Event()
-        self.socket = socket.create_server(address, backlog=_HTTPServer.request_queue_size)
+        self.socket = socket.create_server(address, backlog=LISTEN_BACKLOG)
         self.socket.setblocking(False)
         host, port = self.socket.getsockname()[:2]
         self.server_name, self.server_port = str(host), int(port)
@@ -2002,7 +2022,7 @@ class _LoopServer:
             connection = _Connection(sock)
             with self._lock:
                 self._connections.add(connection)
-            self.emulator._count_connection(1)
+            self.app.count_connection(1)
             self._selector.register(sock, selectors.EVENT_READ, connection)
 
     def _take_back(self) -> None:
@@ -2036,7 +2056,7 @@ class _LoopServer:
                 due.append(request)
                 self._send_and_close(connection, b"".join(due))
                 return
-            if not self.emulator._answers_at_once(request.target):
+            if not self.app.answers_at_once(request.target):
                 self._hand_over(connection, request, None, b"".join(due))
                 return
             response = self._handle(request)
@@ -2055,9 +2075,9 @@ class _LoopServer:
             self._send(connection, b"".join(due))
 
     def _handle(self, request: _Request) -> httpx.Response | None:
-        """`Emulator.handle`; None when the server went down meanwhile."""
+        """The app's answer; None when the server went down meanwhile."""
         try:
-            return self.emulator.handle(
+            return self.app.handle(
                 httpx.Request(
                     request.method,
                     f"http://{self.server_name}:{self.server_port}{request.target}",
@@ -2160,7 +2180,7 @@ class _LoopServer:
         with contextlib.suppress(KeyError, ValueError, RuntimeError, OSError):
             self._selector.unregister(connection.sock)
         connection.sock.close()
-        self.emulator._count_connection(-1)
+        self.app.count_connection(-1)
 
     def _hand_over(
         self,
@@ -2224,7 +2244,7 @@ class _LoopServer:
 
 class EmulatorServer:
     """Serves an `Emulator` over real HTTP/1.1 (keep-alive) on ``host:port`` from a daemon
-    thread (`_LoopServer`), as a server that can go down and come back.
+    thread (`LoopServer`), as a server that can go down and come back.
 
     It listens while it is started and ``emulator.config.down`` is false. `stop` closes the
     listening socket and cuts every open connection (clients then get ECONNREFUSED), `start`
@@ -2236,7 +2256,7 @@ class EmulatorServer:
         self.host = host
         self.port = port
         self._started = False
-        self._server: _LoopServer | None = None
+        self._server: LoopServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -2292,7 +2312,7 @@ class EmulatorServer:
             self._shut()
 
     def _listen(self) -> None:
-        server = _LoopServer((self.host, self.port), self.emulator)
+        server = LoopServer((self.host, self.port), self.emulator)
         self.host, self.port = server.server_name, server.server_port
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,

@@ -44,7 +44,6 @@ import re
 import select
 import shutil
 import signal
-import socketserver
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,6 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Protocol, TypeVar
@@ -64,7 +62,15 @@ from typing import IO, Any, Protocol, TypeVar
 import httpx
 import trio
 
-from mkwfs.emulator import BIG_BUILD, BIG_ZIP, LARGE_BUILD, MEDIUM_FILE
+from mkwfs.emulator import (
+    BIG_BUILD,
+    BIG_ZIP,
+    LARGE_BUILD,
+    LISTEN_BACKLOG,
+    MEDIUM_FILE,
+    FileBody,
+    LoopServer,
+)
 from mkwfs.models import parse_download
 from mkwfs.names import file_names
 
@@ -79,10 +85,6 @@ PARALLEL_READERS = 8
 SAME_FILE_READERS = 10
 #: Size probes mkwfs sends at once (content._CONCURRENT_PROBES): curl's floor uses as many.
 PROBES_AT_ONCE = 16
-#: Listen backlog of the servers this script runs. socketserver's default of 5 drops the
-#: SYNs of a burst of new connections (8 parallel readers, 16 concurrent size probes), and
-#: each dropped SYN costs a 1 s retransmit: a figure of the test server, not of the client.
-LISTEN_BACKLOG = 128
 #: How long a mount may take to appear, and an unmount to finish.
 MOUNT_TIMEOUT = 30.0
 UNMOUNT_TIMEOUT = 10.0
@@ -498,26 +500,16 @@ def _answer(message: Mapping[str, Any]) -> None:
 # --- child: a plain directory server for the peer --------------------------------------------
 
 
-class _DirServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = LISTEN_BACKLOG
+class _DirApp:
+    """HTML listings of directories, files with HEAD, one ``Range`` and sendfile: what a
+    static web server (nginx, Apache) gives rclone's http backend. Served by the emulator's
+    own `LoopServer`, so that the peer's server costs what the emulator does per request."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.requests: Counter[str] = Counter()
         self.bytes_sent = 0
         self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _DirHandler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host name (getfqdn), which can take seconds.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "127.0.0.1", int(self.server_address[1])
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that went away is normal; anything else is printed."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
 
     def count(self, key: str, sent: int = 0) -> None:
         with self.lock:
@@ -525,53 +517,33 @@ class _DirServer(ThreadingHTTPServer):
                 self.requests[key] += 1
             self.bytes_sent += sent
 
+    def answers_at_once(self, target: str) -> bool:
+        return True  # a stat or a directory read; bodies go out from a thread anyway
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+    def count_connection(self, change: int) -> None:
+        """Connections are not counted here."""
 
-
-class _DirHandler(BaseHTTPRequestHandler):
-    """HTML listings of directories, files with HEAD, one ``Range`` and sendfile: what a
-    static web server (nginx, Apache) gives rclone's http backend."""
-
-    protocol_version = "HTTP/1.1"
-    server: _DirServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
-
-    def do_HEAD(self) -> None:
-        self._serve()
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def _serve(self) -> None:
-        url_path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        method = request.method
+        url_path = urllib.parse.unquote(request.url.raw_path.decode("ascii").split("?")[0])
         parts = [p for p in url_path.split("/") if p]
         if any(p in (".", "..") for p in parts):
-            self._send_empty(404, "other")
-            return
-        path = self.server.root.joinpath(*parts)
+            return self._empty(method, 404)
+        path = self.root.joinpath(*parts)
         if path.is_dir():
             if not url_path.endswith("/"):
-                self._send_empty(301, "other", {"Location": url_path + "/"})
-                return
-            self._send_listing(path)
-        elif path.is_file():
-            self._send_file(path)
-        else:
-            self._send_empty(404, "other")
+                return self._empty(method, 301, {"Location": url_path + "/"})
+            return self._listing(method, path)
+        if path.is_file():
+            return self._file(request, path)
+        return self._empty(method, 404)
 
-    def _send_empty(self, status: int, key: str, headers: Mapping[str, str] = {}) -> None:
-        self.server.count(f"{self.command} {key}")
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+    def _empty(self, method: str, status: int, headers: Mapping[str, str] = {}) -> httpx.Response:
+        self.count(f"{method} other")
+        return httpx.Response(status, headers={**headers, "Content-Length": "0"})
 
-    def _send_listing(self, path: Path) -> None:
-        self.server.count(f"{self.command} dir")
+    def _listing(self, method: str, path: Path) -> httpx.Response:
+        self.count(f"{method} dir")
         entries = sorted(path.iterdir())
         links = "".join(
             f'<li><a href="{urllib.parse.quote(e.name)}{"/" if e.is_dir() else ""}">'
@@ -579,18 +551,15 @@ class _DirHandler(BaseHTTPRequestHandler):
             for e in entries
         )
         body = f"<!DOCTYPE html><html><body><ul>\n{links}</ul></body></html>\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command == "GET":
-            self.wfile.write(body)
+        headers = {"Content-Type": "text/html; charset=utf-8", "Content-Length": str(len(body))}
+        return httpx.Response(200, headers=headers, content=body if method == "GET" else b"")
 
-    def _send_file(self, path: Path) -> None:
-        self.server.count(f"{self.command} file")
-        size = path.stat().st_size
+    def _file(self, request: httpx.Request, path: Path) -> httpx.Response:
+        self.count(f"{request.method} file")
+        stat = path.stat()
+        size = stat.st_size
         status, start, end = 200, 0, size
-        match = _RANGE.match(self.headers.get("Range", ""))
+        match = _RANGE.match(request.headers.get("Range", ""))
         if match and (match[1] or match[2]):
             if match[1]:
                 start = int(match[1])
@@ -598,47 +567,44 @@ class _DirHandler(BaseHTTPRequestHandler):
             else:
                 start = max(0, size - int(match[2]))
             if start >= size or start >= end:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
+                headers = {"Content-Range": f"bytes */{size}", "Content-Length": "0"}
+                return httpx.Response(416, headers=headers)
             status = 206
-        self.send_response(status)
-        self.send_header("Content-Type", "application/zip")
-        self.send_header("Content-Length", str(end - start))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Last-Modified", email.utils.formatdate(path.stat().st_mtime, usegmt=True))
+        headers = {
+            "Content-Type": "application/zip",
+            "Content-Length": str(end - start),
+            "Accept-Ranges": "bytes",
+            "Last-Modified": email.utils.formatdate(stat.st_mtime, usegmt=True),
+        }
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-        self.end_headers()
-        if self.command != "GET":
-            return
-        try:
-            with path.open("rb") as body:
-                offset = start
-                while offset < end:
-                    sent = self.connection.sendfile(body, offset, min(MiB, end - offset))
-                    if sent == 0:
-                        break
-                    offset += sent
-                    self.server.count("", sent)
-        except OSError:  # the client went away
-            self.close_connection = True
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        if request.method != "GET":
+            return httpx.Response(status, headers=headers)
+        body = FileBody(
+            path, start, end - start, limit=end - start, throttle=None,
+            on_sent=lambda sent: self.count("", sent), request=request,
+        )  # fmt: skip
+        return httpx.Response(status, headers=headers, stream=body)
+
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 
 def _child_dirserver(root: Path) -> int:
     """Serve ``root``; print {"url"}; answer {"op": "counts"} on stdin; stop at EOF."""
-    server = _DirServer(root)
+    app = _DirApp(root)
+    server = LoopServer(("127.0.0.1", 0), app)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True
     thread.start()
     _answer({"url": f"http://127.0.0.1:{server.server_port}"})
     for line in sys.stdin:
         if json.loads(line)["op"] == "counts":
-            with server.lock:
-                _answer({"requests": dict(server.requests), "bytes": server.bytes_sent})
+            with app.lock:
+                _answer({"requests": dict(app.requests), "bytes": app.bytes_sent})
     server.shutdown()
+    server.server_close()
+    server.close_connections()
     return 0
 
 
@@ -1621,8 +1587,8 @@ def run(args: argparse.Namespace, session: Session) -> str:
                 []
                 if args.api_url
                 else [
-                    f"  servers in child processes, listen backlog {LISTEN_BACKLOG} "
-                    "(socketserver's default of 5 drops SYNs of connection bursts)"
+                    "  servers in child processes, each a LoopServer (one thread with a "
+                    f"selector, bodies from threads), listen backlog {LISTEN_BACKLOG}"
                 ]
             ),
             f"  rclone {_rclone_version() if rclone else 'not installed'}: "

@@ -1916,6 +1916,17 @@ class _Request:
     close: bool
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """What a thread sends on a connection for the loop: ``before`` (answers already due),
+    then the answer to ``request``: ``response``, or with None what the app says (which may
+    take time). Without a request, ``before`` alone."""
+
+    request: _Request | None
+    response: httpx.Response | None
+    before: bytes
+
+
 class HttpApp(Protocol):
     """What `LoopServer` serves: `Emulator`, or the benchmark's directory server."""
 
@@ -2057,14 +2068,14 @@ class LoopServer:
                 self._send_and_close(connection, b"".join(due))
                 return
             if not self.app.answers_at_once(request.target):
-                self._hand_over(connection, request, None, b"".join(due))
+                self._hand_over(connection, _Answer(request, None, b"".join(due)))
                 return
             response = self._handle(request)
             if response is None:  # the server went down while the request was in flight
                 self._send_and_close(connection, b"".join(due))
                 return
             if isinstance(response.stream, FileBody) or response_delay(response):
-                self._hand_over(connection, request, response, b"".join(due))
+                self._hand_over(connection, _Answer(request, response, b"".join(due)))
                 return
             head, close = _response_head(response.status_code, response.headers.multi_items())
             due.append(head if request.method == "HEAD" else head + response.read())
@@ -2162,7 +2173,7 @@ class LoopServer:
             self._close(connection)
             return
         if sent < len(data):
-            self._hand_over(connection, None, None, data[sent:])
+            self._hand_over(connection, _Answer(None, None, data[sent:]))
 
     def _send_and_close(self, connection: _Connection, data: bytes) -> None:
         with contextlib.suppress(OSError):
@@ -2182,32 +2193,20 @@ class LoopServer:
         connection.sock.close()
         self.app.count_connection(-1)
 
-    def _hand_over(
-        self,
-        connection: _Connection,
-        request: _Request | None,
-        response: httpx.Response | None,
-        before: bytes,
-    ) -> None:
-        """Let a thread send ``before`` and the answer to ``request``: ``response``, or with
-        None what `Emulator.handle` says there (which may take time itself). It blocks on
-        delays and bodies; the connection comes back to the loop after, unless it ends."""
+    def _hand_over(self, connection: _Connection, answer: _Answer) -> None:
+        """Let a thread send ``answer``, blocking on delays and bodies; the connection comes
+        back to the loop after, unless it ends."""
         self._selector.unregister(connection.sock)
         connection.busy = True
         threading.Thread(
             target=self._send_in_thread,
-            args=(connection, request, response, before),
+            args=(connection, answer),
             daemon=True,
             name=f"mkwfs-emulator-{self.server_port}-send",
         ).start()
 
-    def _send_in_thread(
-        self,
-        connection: _Connection,
-        request: _Request | None,
-        response: httpx.Response | None,
-        before: bytes,
-    ) -> None:
+    def _send_in_thread(self, connection: _Connection, answer: _Answer) -> None:
+        request, response, before = answer.request, answer.response, answer.before
         sock = connection.sock
         close: bool | None = True
         try:
@@ -2215,12 +2214,12 @@ class LoopServer:
             if request is None:
                 sock.sendall(before)
                 close = False
-            elif (response := response or self._handle(request)) is not None:
+            elif response is None and (response := self._handle(request)) is None:
+                sock.sendall(before)  # the server went down meanwhile: no answer
+            else:
                 close = _send_response(sock, request.method, response, self.stopping, before=before)
                 if close is None:
                     close = request.close
-            else:
-                sock.sendall(before)
             if sock.fileno() != -1:
                 sock.setblocking(False)
         except OSError:  # the client went away, or the server was stopped

@@ -1737,8 +1737,9 @@ def _send_response(
     before: bytes = b"",
 ) -> bool | None:
     """Send ``response`` (after ``before``, answers already due on the connection), once its
-    `response_delay` is over: blocking, for the responses that take time. What its
-    ``Connection`` header says, as `_response_head`; False when the body was cut."""
+    `response_delay` is over: blocking, for the responses that take time. Whether the
+    connection must close: what its ``Connection`` header says, as `_response_head`; True
+    when the body was cut."""
     if before:
         connection.sendall(before)
     if delay := response_delay(response):

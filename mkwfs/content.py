@@ -367,8 +367,17 @@ class ContentStore:
         for a batch to end."""
         try:
             await self.load_stored_sizes()
-            while self._next_batch:
-                await self._probe_all(self._next_batch)
+            while batch := self._next_batch:
+                try:
+                    # The list grows while the batch path runs, and the batch takes it all.
+                    unknown = await self._probe_batch(batch)
+                finally:
+                    self._next_batch = []  # what is queued from now on makes the next batch
+                try:
+                    await self._probe_each(unknown)
+                finally:
+                    for download_id in batch:
+                        self._unqueue(download_id)
         finally:
             self._batching = False
             for download_id in self._next_batch:
@@ -382,11 +391,10 @@ class ContentStore:
             if (queued := self._queued.get(download_id)) is not None:
                 await queued.wait()
 
-    async def _probe_all(self, download_ids: list[int]) -> None:
-        """The sizes of a batch: on the API's batch path first, then, for what that could
-        not tell, one full probe each (logins, retries, servers without HEAD). Each id stays
-        queued until its answer. ``download_ids`` is ``_next_batch``: ids added to it while
-        the batch path runs are taken too; then a new one starts."""
+    async def _probe_batch(self, download_ids: list[int]) -> list[int]:
+        """The sizes of a batch on the API's batch path, each unqueued as it comes; the ids
+        that path could not tell. ``download_ids`` may grow meanwhile: the batch takes the
+        ids added too."""
         unknown: list[int] = []
         try:
             batch = self._api.probe_downloads(download_ids, at_once=_CONCURRENT_PROBES)
@@ -400,8 +408,11 @@ class ContentStore:
         except MkwfsError as exc:
             log.debug("size probes failed: %s", exc)
             unknown = [i for i in download_ids if i in self._queued]
-        finally:
-            self._next_batch = []
+        return unknown
+
+    async def _probe_each(self, download_ids: list[int]) -> None:
+        """One full probe each, ``_CONCURRENT_PROBES`` at a time (logins, retries, servers
+        without HEAD), each unqueued at its answer."""
 
         async def probe(download_id: int) -> None:
             try:
@@ -412,13 +423,9 @@ class ContentStore:
             finally:
                 self._unqueue(download_id)
 
-        try:
-            async with trio.open_nursery() as nursery:
-                for download_id in unknown:
-                    nursery.start_soon(probe, download_id)
-        finally:
+        async with trio.open_nursery() as nursery:
             for download_id in download_ids:
-                self._unqueue(download_id)
+                nursery.start_soon(probe, download_id)
 
     def _unqueue(self, download_id: int) -> None:
         queued = self._queued.pop(download_id, None)

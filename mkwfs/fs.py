@@ -34,7 +34,7 @@ from pyfuse3 import (
 from typing_extensions import override
 
 from mkwfs.errors import MkwfsError
-from mkwfs.tree import ROOT_INODE, Attributes, Kind, OpenFile, Tree
+from mkwfs.tree import ROOT_INODE, Attributes, DirSnapshot, Kind, OpenFile, Tree
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _fuse_errors(operation: str, tree: Tree, ino: int) -> Iterator[None]:
 class _OpenDir:
     inode: int
     #: The listing this handle serves, taken at its first readdir from offset 0.
-    entries: list[tuple[bytes, Attributes]] | None = None
+    entries: DirSnapshot | None = None
 
 
 def _read_only() -> NoReturn:
@@ -174,8 +174,8 @@ class MkwfsOperations(pyfuse3.Operations):
         with _fuse_errors("readdir", self._tree, handle.inode):
             entries = handle.entries
             if entries is None or start_id == 0:
-                entries = handle.entries = await self._tree.listdir(handle.inode)
-            ready = await self._tree.entries_from(handle.inode, entries, start_id)
+                entries = handle.entries = await self._tree.snapshot(handle.inode)
+            ready = await self._tree.entries_from(entries, start_id)
             for index, (name, attrs) in enumerate(ready, start_id):
                 if not pyfuse3.readdir_reply(token, name, self._entry(attrs), index + 1):
                     break

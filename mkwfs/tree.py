@@ -296,6 +296,15 @@ def file_inode(download_id: int) -> int:
     return FILE_BASE + download_id
 
 
+@dataclass(frozen=True)
+class DirSnapshot:
+    """A directory's entries as a readdir handle keeps them (`Tree.snapshot`): names, and
+    what they name, whose attributes are taken as they are handed out (`entries_from`)."""
+
+    directory: _Node
+    entries: list[tuple[bytes, _Node]]
+
+
 class Tree:
     """What the mount shows, in terms of inodes and names. Raises only ``MkwfsError``.
 
@@ -733,21 +742,25 @@ class Tree:
         scan.given, scan.step = len(ahead), min(2 * scan.step, _SCAN_AHEAD)
         self._content.prefetch_sizes(scan.listing[name].id for name in ahead)
 
-    async def listdir(self, ino: int) -> list[tuple[bytes, Attributes]]:
-        """The entries of a directory, without probing any size. The caller reports each
-        entry it hands to the kernel with ``remember``."""
+    async def snapshot(self, ino: int) -> DirSnapshot:
+        """The entries of a directory, without probing any size; `entries_from` gives them
+        with their attributes. The caller reports each entry it hands to the kernel with
+        ``remember``."""
         node = self._node(ino)
-        entries: list[tuple[bytes, Attributes]] = []
-        for name, child in await self._children(node):
+        children = await self._children(node)
+        for _, child in children:
             self._nodes.setdefault(child.ino, child)
-            entries.append((name, self._attributes(child)))
-        return entries
+        return DirSnapshot(node, children)
+
+    async def listdir(self, ino: int) -> list[tuple[bytes, Attributes]]:
+        """The entries of a directory with their attributes, without probing any size."""
+        return self._current((await self.snapshot(ino)).entries)
 
     async def entries_from(
-        self, ino: int, entries: list[tuple[bytes, Attributes]], start: int
+        self, snapshot: DirSnapshot, start: int
     ) -> list[tuple[bytes, Attributes]]:
-        """Entries of a ``listdir`` snapshot to hand out from ``start`` on, with what is known
-        of them now (the kernel takes as many as fit).
+        """The entries of ``snapshot`` to hand out from ``start`` on, with what is known of
+        them now (the kernel takes as many as fit).
 
         In a build directory that someone goes through stat by stat (``ls -l``: a scan, see
         ``getattr``), the next ``_READDIR_BATCH`` files come with their sizes: probed
@@ -756,26 +769,25 @@ class Tree:
         handed out at once, so that a scan shows itself early: a plain ``ls`` probes nothing,
         it only reads in more steps. Should a probe fail, the scan goes on stat by stat,
         where each stat tells its own error."""
-        window = entries[start : start + _READDIR_WINDOW]
-        node = self._nodes.get(ino)
-        if not isinstance(node, _BuildDir):
-            return window
-        nodes = [self._nodes.get(attrs.ino) for _, attrs in window]
-        files = [n.download.id if isinstance(n, _File) else None for n in nodes]
+        window = snapshot.entries[start : start + _READDIR_WINDOW]
+        directory = snapshot.directory
+        if not isinstance(directory, _BuildDir):
+            return self._current(window)
+        files = [node.download.id if isinstance(node, _File) else None for _, node in window]
         unknown = [
             i for i, d in enumerate(files) if d is not None and self._content.known_size(d) is None
         ]
         if not unknown:
-            return self._current(window, nodes)
+            return self._current(window)
         scan, now = self._scan, self._timer()
         if (
             scan is None
-            or scan.build_id != node.build.id
+            or scan.build_id != directory.build.id
             or now - scan.seen > _SCAN_WINDOW
             or scan.failed
         ):
             end = unknown[_READDIR_UNKNOWN] if len(unknown) > _READDIR_UNKNOWN else len(window)
-            return self._current(window[:end], nodes[:end])
+            return self._current(window[:end])
         scan.seen = now
         ahead = files[: _READDIR_BATCH + _SCAN_AHEAD]
         self._content.prefetch_sizes(d for d in ahead if d is not None)
@@ -784,16 +796,11 @@ class Tree:
             await self._content.wait_for_sizes(batch)
         if any(self._content.known_size(d) is None for d in batch):
             scan.failed = True
-        return self._current(window[:_READDIR_BATCH], nodes[:_READDIR_BATCH])
+        return self._current(window[:_READDIR_BATCH])
 
-    def _current(
-        self, entries: list[tuple[bytes, Attributes]], nodes: list[_Node | None]
-    ) -> list[tuple[bytes, Attributes]]:
-        """``entries`` with their attributes as known now (a size probed since)."""
-        return [
-            (name, attrs if node is None else self._attributes(node))
-            for (name, attrs), node in zip(entries, nodes, strict=True)
-        ]
+    def _current(self, entries: list[tuple[bytes, _Node]]) -> list[tuple[bytes, Attributes]]:
+        """``entries`` with their attributes as known now."""
+        return [(name, self._attributes(node)) for name, node in entries]
 
     def remember(self, ino: int) -> None:
         """The kernel took a reference to ``ino`` (a readdirplus entry)."""

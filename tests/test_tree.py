@@ -27,6 +27,7 @@ from mkwfs.tree import (
     FILE_BASE,
     ROOT_INODE,
     Attributes,
+    DirSnapshot,
     Tree,
     build_inode,
     file_inode,
@@ -305,43 +306,42 @@ async def test_a_plain_readdir_probes_nothing_and_hands_out_few_unknown_sizes(
 ) -> None:
     async with open_tree(emulator, tmp_path) as tree:
         build = await build_dir(tree, LARGE_BUILD)
-        entries = await tree.listdir(build.ino)
+        snapshot = await tree.snapshot(build.ino)
         handed: list[tuple[bytes, Attributes]] = []
-        while len(handed) < len(entries):
-            batch = await tree.entries_from(build.ino, entries, len(handed))
+        while len(handed) < len(snapshot.entries):
+            batch = await tree.entries_from(snapshot, len(handed))
             unknown = [a for name, a in batch if name != BUILD_JSON_NAME]
             # A caller that stats them shows itself before the next are handed out.
             assert 0 < len(unknown) <= tree_module._READDIR_UNKNOWN
             assert all(a.attr_timeout == 0 for a in unknown)
             handed += batch
-    assert handed == entries
+        assert handed == await tree.listdir(build.ino)
     assert emulator.requests[LIST] == 1
     assert emulator.requests[HEAD] == 0 and emulator.requests[GET] == 0
 
 
-async def start_a_scan(
-    tree: Tree,
-) -> tuple[Attributes, list[tuple[bytes, Attributes]], list[tuple[bytes, Attributes]]]:
+async def start_a_scan(tree: Tree) -> tuple[DirSnapshot, list[tuple[bytes, Attributes]]]:
     """Do what ls -l does first in the large build: read the first step of entries and stat
-    them (the second stat of an unknown size shows a scan). The build directory, all its
-    entries, and that first step."""
+    them (the second stat of an unknown size shows a scan). The build directory's entries,
+    and that first step."""
     build = await build_dir(tree, LARGE_BUILD)
-    entries = await tree.listdir(build.ino)
-    first = await tree.entries_from(build.ino, entries, 0)
+    snapshot = await tree.snapshot(build.ino)
+    first = await tree.entries_from(snapshot, 0)
     for _, attrs in first:
         await tree.getattr(attrs.ino)
-    return build, entries, first
+    return snapshot, first
 
 
 async def test_readdir_in_a_scan_hands_out_files_with_their_sizes(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     async with open_tree(emulator, tmp_path) as tree:
-        build, entries, first = await start_a_scan(tree)
+        snapshot, first = await start_a_scan(tree)
+        entries = snapshot.entries
         handed = list(first)
         with trio.fail_after(60):
             while len(handed) < len(entries):
-                batch = await tree.entries_from(build.ino, entries, len(handed))
+                batch = await tree.entries_from(snapshot, len(handed))
                 # At least a batch; all that is left once its sizes are known.
                 assert len(batch) >= min(tree_module._READDIR_BATCH, len(entries) - len(handed))
                 for name, attrs in batch:
@@ -349,7 +349,7 @@ async def test_readdir_in_a_scan_hands_out_files_with_their_sizes(
                     assert attrs.size == true_size, name
                     assert attrs.attr_timeout > 0, name  # the kernel keeps it: no stat comes
                 handed += batch
-    assert [(n, a.ino) for n, a in handed] == [(n, a.ino) for n, a in entries]
+    assert [(n, a.ino) for n, a in handed] == [(n, node.ino) for n, node in entries]
     assert emulator.requests[HEAD] == 1000  # each size probed once
     assert emulator.requests[LIST] == 1
 
@@ -361,10 +361,10 @@ async def test_a_failed_probe_in_a_readdir_leaves_the_rest_to_stats(
     refused = downloads[40]["id"]
     emulator.config = dataclasses.replace(emulator.config, forbidden_downloads=frozenset({refused}))
     async with open_tree(emulator, tmp_path) as tree:
-        build, entries, first = await start_a_scan(tree)
+        snapshot, first = await start_a_scan(tree)
         with trio.fail_after(30):
-            batch = await tree.entries_from(build.ino, entries, len(first))
-            after = await tree.entries_from(build.ino, entries, len(first) + len(batch))
+            batch = await tree.entries_from(snapshot, len(first))
+            after = await tree.entries_from(snapshot, len(first) + len(batch))
         sizes = {a.ino: a for _, a in batch}
         assert sizes[file_inode(refused)].attr_timeout == 0
         assert sum(a.attr_timeout > 0 for a in sizes.values()) == len(batch) - 1

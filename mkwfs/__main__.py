@@ -1,3 +1,3 @@
-from mkwfs.cli import main
+from mkwfs.cli.main import main
 
 raise SystemExit(main())

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mkwfs.api import Credentials
-from mkwfs.errors import ConfigError
+from mkwfs.remote.api import Credentials
+from mkwfs.remote.errors import ConfigError
 
 DEFAULT_API_URL = "https://app.metakraftwerk.com"
 DEFAULT_TTL = 60.0

@@ -71,8 +71,8 @@ from mkwfs.emulator import (
     FileBody,
     LoopServer,
 )
-from mkwfs.models import parse_download
-from mkwfs.names import file_names
+from mkwfs.remote.models import parse_download
+from mkwfs.tree.names import file_names
 
 MiB = 2**20
 #: Size of every read(2) a reader here issues, like ``dd bs=1M``.

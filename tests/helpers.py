@@ -10,10 +10,10 @@ from pathlib import Path
 
 import httpx
 
-from mkwfs.api import ApiClient, Credentials, RetryPolicy
-from mkwfs.content import ContentStore, open_content_store
+from mkwfs.content.store import ContentStore, open_content_store
 from mkwfs.emulator import Emulator
-from mkwfs.tree import Tree
+from mkwfs.remote.api import ApiClient, Credentials, RetryPolicy
+from mkwfs.tree.tree import Tree
 
 BASE_URL = "http://emulator.test"
 

@@ -1,0 +1,1 @@
+"""Facts from the API and how long each holds: TTL caches."""

@@ -1,0 +1,1 @@
+"""The command line: argv/env/config file -> Config, the commands, prefetch."""

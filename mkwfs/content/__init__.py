@@ -1,0 +1,1 @@
+"""Bodies only: the content store, its extents map, ZIP read hints."""

@@ -1,0 +1,1 @@
+"""The wire and the API: libcurl transport, API calls, models, errors."""

@@ -1,0 +1,1 @@
+"""What the mount shows, without FUSE: the tree, views, names, ZIP members."""

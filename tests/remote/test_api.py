@@ -1,0 +1,922 @@
+"""Tests of mkwfs.api: the real emulator through ``httpx.MockTransport`` wherever it can play
+the server's part, and a few-line handler for the shapes it cannot (malformed JSON, pages that
+never advance, short bodies, raw transport failures)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import gzip
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from mkwfs.emulator import (
+    DEMO_BUILD,
+    FORBIDDEN_BUILD,
+    LARGE_BUILD,
+    Emulator,
+    EmulatorConfig,
+    serve_in_thread,
+)
+from mkwfs.fuse.mount import open_http_client
+from mkwfs.remote.api import ApiClient, Credentials, RetryPolicy
+from mkwfs.remote.errors import (
+    AuthenticationError,
+    ConfigError,
+    HTTPStatusError,
+    LoginFailed,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    RateLimited,
+    ServerError,
+    TokenRejected,
+    TransportError,
+)
+from mkwfs.remote.models import ContentInfo
+
+BASE = "http://mk.test"
+EMAIL = "demo@metakraftwerk.example"
+PASSWORD = "demo-password"
+NO_RETRY = RetryPolicy(attempts=1)
+HEAD = "HEAD /api/v1/downloads/:id"
+GET = "GET /api/v1/downloads/:id"
+
+Handler = (
+    Callable[[httpx.Request], httpx.Response]
+    | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+)
+
+
+@asynccontextmanager
+async def open_api(
+    transport: httpx.AsyncBaseTransport | Handler,
+    credentials: Credentials | None = None,
+    retry: RetryPolicy = NO_RETRY,
+) -> AsyncIterator[ApiClient]:
+    """An ApiClient over a transport (or a MockTransport handler), token "t0" by default."""
+    if not isinstance(transport, httpx.AsyncBaseTransport):
+        transport = httpx.MockTransport(transport)
+    async with httpx.AsyncClient(transport=transport) as http:
+        yield ApiClient(http, BASE, credentials or Credentials(token="t0"), retry)
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return httpx.Response(status, json=data, headers=headers)
+
+
+def login_credentials() -> Credentials:
+    return Credentials(email=EMAIL, password=PASSWORD)
+
+
+@pytest.fixture(scope="module")
+def bodies_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the emulators of this module keep generated bodies: made once, shared."""
+    return tmp_path_factory.mktemp("emulator-bodies")
+
+
+@pytest.fixture
+def emulator(bodies_dir: Path) -> Emulator:
+    """A fresh emulator: its own counters, tokens and config."""
+    return Emulator(EmulatorConfig(big_file_size=4 * 2**20, data_dir=bodies_dir))
+
+
+@pytest.fixture
+def demo_file(emulator: Emulator) -> tuple[int, bytes]:
+    """The id and body of the demo build's largest download."""
+    sizes = {
+        entry["id"]: emulator.body_path(entry["id"]).stat().st_size
+        for entry in emulator.downloads_of(DEMO_BUILD)
+    }
+    download_id = max(sizes, key=sizes.__getitem__)
+    return download_id, emulator.body_path(download_id).read_bytes()
+
+
+def with_config(emulator: Emulator, **changes: Any) -> Emulator:
+    emulator.config = replace(emulator.config, **changes)
+    return emulator
+
+
+# -- construction -------------------------------------------------------------------------
+
+
+def test_credentials_repr_masks_secrets() -> None:
+    text = repr(Credentials(token="secret-token", email="a@b.c", password="secret-pw"))
+    assert "secret" not in text
+    assert "a@b.c" in text
+    assert repr(Credentials(email="a@b.c")).endswith("email='a@b.c', password=None)")
+
+
+@pytest.mark.parametrize(
+    ("base_url", "credentials"),
+    [
+        ("ftp://mk.test", Credentials(token="t")),
+        ("http://user:pw@mk.test", Credentials(token="t")),
+        (BASE, Credentials()),
+        (BASE, Credentials(email=EMAIL)),
+    ],
+)
+async def test_unusable_configuration_is_refused(base_url: str, credentials: Credentials) -> None:
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200))
+    ) as http:
+        with pytest.raises(ConfigError):
+            ApiClient(http, base_url, credentials)
+
+
+def test_retry_policy_needs_an_attempt() -> None:
+    with pytest.raises(ValueError, match="attempts"):
+        RetryPolicy(attempts=0)
+
+
+# -- authentication -------------------------------------------------------------------------
+
+
+async def test_lists_with_a_given_token(emulator: Emulator) -> None:
+    credentials = Credentials(token=emulator.issue_token())
+    async with open_api(emulator.mock_transport(), credentials) as api:
+        builds = await api.list_builds()
+        downloads = await api.list_downloads(DEMO_BUILD)
+    assert DEMO_BUILD in {build.id for build in builds}
+    assert [d.id for d in downloads] == [d["id"] for d in emulator.downloads_of(DEMO_BUILD)]
+    assert "POST /authentication" not in emulator.requests
+
+
+async def test_logs_in_lazily_once_for_concurrent_first_requests(emulator: Emulator) -> None:
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        assert api.requests["POST /authentication"] == 0
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(api.list_downloads, DEMO_BUILD)
+    assert emulator.requests["POST /authentication"] == 1
+    assert api.requests == emulator.requests
+
+
+async def test_logs_in_again_after_the_token_expired(emulator: Emulator) -> None:
+    credentials = replace(login_credentials(), token=emulator.issue_token(lifetime=-1))
+    async with open_api(emulator.mock_transport(), credentials) as api:
+        build = await api.get_build(DEMO_BUILD)
+    assert build.id == DEMO_BUILD
+    assert emulator.requests["GET /api/v1/builds/:id"] == 2
+    assert emulator.requests["POST /authentication"] == 1
+
+
+async def test_concurrent_401s_share_one_login() -> None:
+    logins: list[str] = []
+    refused: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await trio.lowlevel.checkpoint()  # let every task send before any is answered
+        if request.url.path == "/authentication":
+            logins.append(f"fresh-{len(logins)}")
+            return json_response({"accessToken": logins[-1]}, 201)
+        if not logins or request.headers["Authorization"] != f"Bearer {logins[-1]}":
+            refused.append(request.headers["Authorization"])
+            return json_response({"name": "NotAuthenticated", "message": "jwt expired"}, 401)
+        return json_response([])
+
+    credentials = replace(login_credentials(), token="stale")
+    async with open_api(handler, credentials) as api, trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(api.list_builds)
+    assert refused == ["Bearer stale"] * 5
+    assert logins == ["fresh-0"]
+    assert api.requests == {"GET /api/v1/builds": 10, "POST /authentication": 1}
+
+
+async def test_a_rejected_token_without_credentials_is_token_rejected(
+    emulator: Emulator,
+) -> None:
+    token = emulator.issue_token(lifetime=-1)
+    async with open_api(emulator.mock_transport(), Credentials(token=token)) as api:
+        with pytest.raises(TokenRejected) as caught:
+            await api.list_builds()
+    error = caught.value
+    assert error.status == 401
+    assert str(error).startswith("the API rejected the token; get a new one")
+    assert "GET /api/v1/builds: 401 Unauthorized" in str(error)
+    assert token not in str(error)
+    assert emulator.requests["GET /api/v1/builds"] == 1
+
+
+async def test_a_fresh_token_refused_again_is_not_retried_forever() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/authentication":
+            return json_response({"accessToken": "fresh"}, 201)
+        return httpx.Response(401)
+
+    async with open_api(handler, login_credentials()) as api:
+        with pytest.raises(AuthenticationError) as caught:
+            await api.list_builds()
+    assert not isinstance(caught.value, TokenRejected)
+    assert api.requests == {"POST /authentication": 2, "GET /api/v1/builds": 2}
+
+
+async def test_wrong_password_is_login_failed_without_the_password(emulator: Emulator) -> None:
+    credentials = Credentials(email=EMAIL, password="wrong-pass-1234")
+    async with open_api(emulator.mock_transport(), credentials) as api:
+        with pytest.raises(LoginFailed) as caught:
+            await api.login()
+    assert caught.value.status == 401
+    assert "refused the credentials" in str(caught.value)
+    assert "wrong-pass-1234" not in str(caught.value)
+
+
+async def test_a_password_echoed_by_the_server_is_masked() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return json_response({"message": f"bad password {PASSWORD}"}, 400)
+
+    async with open_api(handler, login_credentials()) as api:
+        with pytest.raises(LoginFailed) as caught:
+            await api.list_builds()
+    assert PASSWORD not in str(caught.value)
+    assert caught.value.server_message == "bad password ***"
+
+
+async def test_a_login_answer_without_token_is_a_protocol_error() -> None:
+    answer = json_response({"user": {}}, 201)
+    async with open_api(lambda request: answer, login_credentials()) as api:
+        with pytest.raises(ProtocolError, match="accessToken"):
+            await api.login()
+
+
+async def test_login_posts_the_local_strategy() -> None:
+    posted: list[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posted.append(json.loads(request.content))
+        return json_response({"accessToken": "fresh"}, 201)
+
+    async with open_api(handler, login_credentials()) as api:
+        await api.login()
+    assert posted == [{"strategy": "local", "email": EMAIL, "password": PASSWORD}]
+
+
+# -- lists ------------------------------------------------------------------------------------
+
+
+async def test_follows_feathers_pages(emulator: Emulator) -> None:
+    with_config(emulator, page_size=70)
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        downloads = await api.list_downloads(LARGE_BUILD)
+    assert len(downloads) == 1000
+    assert len({d.id for d in downloads}) == 1000
+    assert emulator.requests["GET /api/v1/downloads"] == 15  # ceil(1000 / 70)
+
+
+async def test_lists_projects_and_patterns(emulator: Emulator) -> None:
+    with_config(emulator, page_size=1)
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        projects = await api.list_projects()
+        patterns = await api.list_patterns()
+    assert list(projects) == emulator.projects
+    assert list(patterns) == emulator.patterns
+
+
+def paged(pages: list[Any]) -> Callable[[httpx.Request], httpx.Response]:
+    """A handler answering the list requests with ``pages`` in turn."""
+    answers = iter(pages)
+    return lambda request: json_response(next(answers))
+
+
+@pytest.mark.parametrize(
+    ("pages", "complaint"),
+    [
+        ([{"total": 3, "limit": 2, "skip": 0, "data": [{"id": 1}, {"id": 2}]},
+          {"total": 3, "limit": 2, "skip": 2, "data": []}], "empty page"),
+        ([{"total": 3, "limit": 2, "skip": 0, "data": [{"id": 1}, {"id": 2}]},
+          {"total": 3, "limit": 2, "skip": 0, "data": [{"id": 1}, {"id": 2}]}], "from 0"),
+        ([{"total": 3, "data": [{"id": 1}]}, [{"id": 2}]], "array or a page"),
+        ([{"total": "3", "data": [{"id": 1}]}], "page without"),
+        ([{"builds": []}], "page without"),
+        ([["not a build"]], "not a JSON object"),
+        ([[{"id": "5139"}]], "no valid integer id"),
+    ],
+)  # fmt: skip
+async def test_inconsistent_lists_are_protocol_errors(pages: list[Any], complaint: str) -> None:
+    async with open_api(paged(pages)) as api:
+        with pytest.raises(ProtocolError, match=complaint) as caught:
+            await api.list_builds()
+    assert caught.value.url.startswith(f"{BASE}/api/v1/builds")
+
+
+async def test_pages_without_skip_echo_are_followed() -> None:
+    pages = [{"total": 2, "data": [{"id": 1}]}, {"total": 2, "data": [{"id": 2}]}]
+    async with open_api(paged(pages)) as api:
+        assert [build.id for build in await api.list_builds(project_id=402)] == [1, 2]
+
+
+async def test_malformed_json_is_a_protocol_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"[{", headers={"Content-Type": "application/json"})
+
+    async with open_api(handler) as api:
+        with pytest.raises(ProtocolError, match="not valid JSON") as caught:
+            await api.list_downloads(DEMO_BUILD)
+    assert caught.value.url == f"{BASE}/api/v1/downloads?build_id={DEMO_BUILD}"
+
+
+async def test_list_filters_are_sent_as_query(emulator: Emulator) -> None:
+    seen: list[httpx.URL] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return json_response([])
+
+    async with open_api(handler) as api:
+        await api.list_builds(project_id=402, releases='{"DWH_GROUP":"R1"}')
+    assert dict(seen[0].params) == {"project_id": "402", "releases": '{"DWH_GROUP":"R1"}'}
+
+
+# -- error statuses ---------------------------------------------------------------------------
+
+
+async def test_unknown_build_is_not_found(emulator: Emulator) -> None:
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        with pytest.raises(NotFound) as caught:
+            await api.get_build(999)
+    assert caught.value.status == 404
+    assert caught.value.url == f"{BASE}/api/v1/builds/999"
+    assert "999" in caught.value.server_message
+
+
+@pytest.mark.parametrize(
+    ("body", "server_message"),
+    [("json", None), ("html", None), ("empty", "")],
+)
+async def test_injected_5xx_bodies(
+    emulator: Emulator, body: Any, server_message: str | None
+) -> None:
+    emulator.fail_next("GET /api/v1/downloads", 503, body=body)
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        with pytest.raises(ServerError) as caught:
+            await api.list_downloads(DEMO_BUILD)
+    error = caught.value
+    assert error.status == 503
+    assert str(error).startswith(f"GET /api/v1/downloads?build_id={DEMO_BUILD}: 503 ")
+    if server_message is None:
+        assert error.server_message
+        assert "<" not in error.server_message
+    else:
+        assert error.server_message == server_message
+        assert "(" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "error_class", "server_message"),
+    [
+        (403, b'{"name":"Forbidden","message":"No!","code":403}', {}, PermissionDenied, "No!"),
+        (500, b"<html><head><title>Oops &amp; co</title></head><body>x</body></html>",
+         {"Content-Type": "text/html"}, ServerError, "Oops & co"),
+        (502, b"<html><body><h1>Bad\n  Gateway</h1><script>x()</script></body></html>",
+         {}, ServerError, "Bad Gateway"),
+        (418, b"  I'm a teapot\n", {"Content-Type": "text/plain"}, ServerError, "I'm a teapot"),
+        (400, b'{"unexpected": true}', {}, ServerError, '{"unexpected": true}'),
+        (429, b"", {}, RateLimited, ""),
+    ],
+)  # fmt: skip
+async def test_error_bodies_give_the_server_message(
+    status: int,
+    body: bytes,
+    headers: dict[str, str],
+    error_class: type[HTTPStatusError],
+    server_message: str,
+) -> None:
+    answer = httpx.Response(status, content=body, headers=headers)
+    async with open_api(lambda request: answer) as api:
+        with pytest.raises(error_class) as caught:
+            await api.get_build(1)
+    assert type(caught.value) is error_class
+    assert caught.value.status == status
+    assert caught.value.server_message == server_message
+    assert server_message in str(caught.value)
+
+
+async def test_long_server_messages_are_shortened() -> None:
+    page = b"<html><body><p>" + b"word " * 500 + b"</p></body></html>"
+    async with open_api(lambda request: httpx.Response(503, content=page)) as api:
+        with pytest.raises(ServerError) as caught:
+            await api.get_build(1)
+    assert 100 < len(caught.value.server_message) <= 200
+    assert caught.value.server_message.endswith("…")
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "seconds"),
+    [
+        ("7", 7.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+        ("IN_TWO_MINUTES", 120.0),  # an HTTP date, made when the test runs
+        ("soon", None),
+        (None, None),
+    ],
+)  # fmt: skip
+async def test_rate_limited_carries_retry_after(
+    retry_after: str | None, seconds: float | None
+) -> None:
+    if retry_after == "IN_TWO_MINUTES":
+        retry_after = email.utils.format_datetime(
+            dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2), True
+        )
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    async with open_api(lambda request: httpx.Response(429, headers=headers)) as api:
+        with pytest.raises(RateLimited) as caught:
+            await api.list_builds()
+    assert caught.value.retry_after == pytest.approx(seconds, abs=5)
+
+
+# -- transport failures -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.ConnectError("[Errno 111] Connection refused"),
+        httpx.ReadTimeout(""),
+        httpx.RemoteProtocolError("peer closed connection"),
+    ],
+)
+async def test_transport_failures_are_transport_errors(failure: httpx.TransportError) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise failure
+
+    async with open_api(handler) as api:
+        with pytest.raises(TransportError) as caught:
+            await api.get_build(7)
+    assert caught.value.url == f"{BASE}/api/v1/builds/7"
+    assert str(caught.value).startswith("GET /api/v1/builds/7: connection failed (")
+    assert type(failure).__name__ in str(caught.value)
+    assert caught.value.__cause__ is failure
+    assert api.requests["GET /api/v1/builds/:id"] == 1
+
+
+# -- retries ----------------------------------------------------------------------------------
+
+
+async def test_retries_injected_503s(
+    emulator: Emulator, autojump_clock: trio.testing.MockClock
+) -> None:
+    emulator.fail_next("GET /api/v1/downloads", 503, count=2)
+    started = trio.current_time()
+    async with open_api(emulator.mock_transport(), login_credentials(), RetryPolicy()) as api:
+        downloads = await api.list_downloads(DEMO_BUILD)
+    assert len(downloads) == len(emulator.downloads_of(DEMO_BUILD))
+    assert emulator.requests["GET /api/v1/downloads"] == 3
+    assert trio.current_time() - started <= 0.25 + 0.5
+
+
+async def test_gives_up_after_the_last_attempt(
+    emulator: Emulator, autojump_clock: trio.testing.MockClock
+) -> None:
+    emulator.fail_next("GET /api/v1/builds/:id", 504, count=10)
+    policy = RetryPolicy(attempts=3, base_delay=1, max_delay=1.5)
+    started = trio.current_time()
+    async with open_api(emulator.mock_transport(), login_credentials(), policy) as api:
+        with pytest.raises(ServerError):
+            await api.get_build(DEMO_BUILD)
+    assert emulator.requests["GET /api/v1/builds/:id"] == 3
+    assert trio.current_time() - started <= 1 + 1.5
+
+
+@pytest.mark.parametrize(("status", "error_class"), [(500, ServerError), (404, NotFound),
+                                                     (403, PermissionDenied)])  # fmt: skip
+async def test_does_not_retry_final_answers(
+    emulator: Emulator, status: int, error_class: type[HTTPStatusError]
+) -> None:
+    emulator.fail_next("GET /api/v1/builds", status)
+    async with open_api(emulator.mock_transport(), login_credentials(), RetryPolicy()) as api:
+        with pytest.raises(error_class):
+            await api.list_builds()
+    assert emulator.requests["GET /api/v1/builds"] == 1
+
+
+async def test_attempts_1_disables_retries(emulator: Emulator) -> None:
+    emulator.fail_next("GET /api/v1/builds", 503)
+    async with open_api(emulator.mock_transport(), login_credentials(), NO_RETRY) as api:
+        with pytest.raises(ServerError):
+            await api.list_builds()
+    assert emulator.requests["GET /api/v1/builds"] == 1
+
+
+@pytest.mark.parametrize(("retry_after", "waited"), [("3", 3.0), ("100", 8.0)])
+async def test_429_waits_retry_after_capped(
+    autojump_clock: trio.testing.MockClock, retry_after: str, waited: float
+) -> None:
+    answers = [httpx.Response(429, headers={"Retry-After": retry_after}), json_response([])]
+    started = trio.current_time()
+    async with open_api(lambda request: answers.pop(0), retry=RetryPolicy()) as api:
+        assert await api.list_builds() == []
+    assert trio.current_time() - started == pytest.approx(waited)
+
+
+async def test_retries_transport_failures(autojump_clock: trio.testing.MockClock) -> None:
+    failures = [httpx.ConnectError("refused"), httpx.ReadTimeout("slow")]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if failures:
+            raise failures.pop(0)
+        return json_response({"id": 5, "status": "FINISHED"})
+
+    async with open_api(handler, retry=RetryPolicy()) as api:
+        assert (await api.get_build(5)).status == "FINISHED"
+    assert api.requests["GET /api/v1/builds/:id"] == 3
+
+
+async def test_retries_each_page_alone(
+    emulator: Emulator, autojump_clock: trio.testing.MockClock
+) -> None:
+    with_config(emulator, page_size=2)
+    async with open_api(emulator.mock_transport(), login_credentials(), RetryPolicy()) as api:
+        await api.list_downloads(DEMO_BUILD)  # logs in
+        emulator.reset_counters()
+        api.requests.clear()
+        emulator.fail_next("GET /api/v1/downloads", 502)
+        downloads = await api.list_downloads(DEMO_BUILD)
+    assert len(downloads) == len(emulator.downloads_of(DEMO_BUILD))
+    pages = -(-len(downloads) // 2)
+    assert emulator.requests["GET /api/v1/downloads"] == pages + 1
+    assert api.requests == emulator.requests
+
+
+# -- probe_download ---------------------------------------------------------------------------
+
+
+async def test_probe_with_head(emulator: Emulator, demo_file: tuple[int, bytes]) -> None:
+    download_id, body = demo_file
+    size = len(body)
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        info = await api.probe_download(download_id)
+    assert info.size == size
+    assert info.accepts_ranges
+    assert info.filename
+    assert emulator.requests["HEAD /api/v1/downloads/:id"] == 1
+    assert emulator.requests["GET /api/v1/downloads/:id"] == 0
+
+
+@pytest.mark.parametrize(
+    ("ranges", "content_length", "size_known", "accepts_ranges"),
+    [(True, True, True, True), (False, True, True, False), (False, False, False, False)],
+)
+async def test_probe_without_head_reads_no_body(
+    emulator: Emulator,
+    demo_file: tuple[int, bytes],
+    ranges: bool,
+    content_length: bool,
+    size_known: bool,
+    accepts_ranges: bool,
+) -> None:
+    with_config(emulator, head=False, ranges=ranges, content_length=content_length)
+    download_id, body = demo_file
+    size = len(body)
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        info = await api.probe_download(download_id)
+    assert info.size == (size if size_known else None)
+    assert info.accepts_ranges is accepts_ranges
+    assert emulator.requests["HEAD /api/v1/downloads/:id"] == 1
+    assert emulator.requests["GET /api/v1/downloads/:id"] == 1
+    assert api.requests == emulator.requests
+    assert emulator.bytes_sent <= 1
+
+
+async def test_probe_of_a_forbidden_download(emulator: Emulator) -> None:
+    download_id = emulator.downloads_of(FORBIDDEN_BUILD)[0]["id"]
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        with pytest.raises(PermissionDenied):
+            await api.probe_download(download_id)
+
+
+async def test_probe_falls_back_on_501_and_reads_only_the_one_byte_range() -> None:
+    body_reads: list[bool] = []
+
+    class Body(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            body_reads.append(True)
+            yield b"P"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "HEAD":
+            return httpx.Response(501)
+        assert request.headers["Range"] == "bytes=0-0"
+        return httpx.Response(206, headers={"Content-Range": "bytes 0-0/12345"}, stream=Body())
+
+    async with open_api(handler) as api:
+        info = await api.probe_download(1)
+    assert (info.size, info.accepts_ranges) == (12345, True)
+    assert api.requests == {"HEAD /api/v1/downloads/:id": 1, "GET /api/v1/downloads/:id": 1}
+    assert body_reads == [True]  # one byte, read so that the connection can be reused
+
+
+async def test_probe_never_reads_a_whole_body_from_a_server_ignoring_range() -> None:
+    body_reads: list[bool] = []
+
+    class Body(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            body_reads.append(True)
+            yield b"P" * 12345
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "HEAD":
+            return httpx.Response(405)
+        return httpx.Response(200, headers={"Content-Length": "12345"}, stream=Body())
+
+    async with open_api(handler) as api:
+        info = await api.probe_download(1)
+    assert (info.size, info.accepts_ranges) == (12345, False)
+    assert not body_reads
+
+
+@pytest.mark.parametrize(
+    ("disposition", "filename"),
+    [
+        ('attachment; filename="CORE_DV.zip"', "CORE_DV.zip"),
+        ('ATTACHMENT;filename = " x y.zip";', " x y.zip"),
+        ('attachment; filename=""', None),
+        ("attachment; filename=plain.zip", "plain.zip"),
+        ('attachment; filename="a\\"b.zip"', 'a"b.zip'),
+        ("attachment; filename=\"a?.zip\"; filename*=UTF-8''%C3%A4%20b.zip", "ä b.zip"),
+        ("attachment; filename*=utf-8'de'%C3%BC.zip", "ü.zip"),
+        ("attachment", None),
+        (None, None),
+    ],
+)
+async def test_probe_reads_the_filename(disposition: str | None, filename: str | None) -> None:
+    headers = {"Content-Length": "10", "Accept-Ranges": "bytes"}
+    if disposition is not None:
+        headers["Content-Disposition"] = disposition
+    async with open_api(lambda request: httpx.Response(200, headers=headers)) as api:
+        info = await api.probe_download(1)
+    assert (info.size, info.accepts_ranges, info.filename) == (10, True, filename)
+
+
+# -- open_download ----------------------------------------------------------------------------
+
+
+async def read_all(api: ApiClient, download_id: int, start: int = 0, end: int | None = None
+                   ) -> tuple[int, int | None, bytes]:  # fmt: skip
+    """(offset, info.size, body) of a download."""
+    async with api.open_download(download_id, start=start, end=end) as stream:
+        body = b"".join([chunk async for chunk in stream.iter_chunks()])
+        assert stream.length is None or stream.length == len(body)
+        return stream.offset, stream.info.size, body
+
+
+async def test_downloads_a_whole_body(emulator: Emulator, demo_file: tuple[int, bytes]) -> None:
+    download_id, whole = demo_file
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        assert await read_all(api, download_id) == (0, len(whole), whole)
+    assert emulator.requests["GET /api/v1/downloads/:id"] == 1
+
+
+@pytest.mark.parametrize(("start", "end"), [(1000, None), (0, 10), (5, 6), (1000, 3000)])
+async def test_downloads_a_range(
+    emulator: Emulator, demo_file: tuple[int, bytes], start: int, end: int | None
+) -> None:
+    download_id, whole = demo_file
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        assert await read_all(api, download_id, start, end) == (start, len(whole), whole[start:end])
+
+
+async def test_a_server_ignoring_ranges_sends_from_0(
+    emulator: Emulator, demo_file: tuple[int, bytes]
+) -> None:
+    with_config(emulator, ranges=False)
+    download_id, whole = demo_file
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        assert await read_all(api, download_id, 1000) == (0, len(whole), whole)
+
+
+async def test_chunked_download_has_no_size(
+    emulator: Emulator, demo_file: tuple[int, bytes]
+) -> None:
+    with_config(emulator, content_length=False, ranges=False)
+    download_id, whole = demo_file
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        assert await read_all(api, download_id) == (0, None, whole)
+
+
+async def test_download_errors_come_before_the_body(emulator: Emulator) -> None:
+    forbidden = emulator.downloads_of(FORBIDDEN_BUILD)[0]["id"]
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        with pytest.raises(PermissionDenied) as caught:
+            await read_all(api, forbidden)
+        assert "permission" in caught.value.server_message
+        with pytest.raises(NotFound):
+            await read_all(api, 999_999)
+
+
+async def test_download_logs_in_again_after_expiry(
+    emulator: Emulator, demo_file: tuple[int, bytes]
+) -> None:
+    download_id, whole = demo_file
+    credentials = replace(login_credentials(), token=emulator.issue_token(lifetime=-1))
+    async with open_api(emulator.mock_transport(), credentials) as api:
+        assert await read_all(api, download_id, 0, 100) == (0, len(whole), whole[:100])
+    assert emulator.requests["POST /authentication"] == 1
+    assert emulator.requests["GET /api/v1/downloads/:id"] == 2
+
+
+async def test_download_is_not_retried(
+    emulator: Emulator, demo_file: tuple[int, bytes], autojump_clock: trio.testing.MockClock
+) -> None:
+    emulator.fail_next("GET /api/v1/downloads/:id", 503)
+    async with open_api(emulator.mock_transport(), login_credentials(), RetryPolicy()) as api:
+        with pytest.raises(ServerError):
+            await read_all(api, demo_file[0])
+    assert emulator.requests["GET /api/v1/downloads/:id"] == 1
+
+
+async def test_a_dropped_connection_is_a_transport_error(
+    emulator: Emulator, demo_file: tuple[int, bytes]
+) -> None:
+    with_config(emulator, drop_after=1000)
+    received = bytearray()
+    async with (
+        open_api(emulator.mock_transport(), login_credentials()) as api,
+        api.open_download(demo_file[0]) as stream,
+    ):
+        with pytest.raises(TransportError, match="RemoteProtocolError"):
+            async for chunk in stream.iter_chunks():
+                received += chunk
+    assert received == demo_file[1][:1000]
+
+
+async def test_over_real_http(emulator: Emulator, demo_file: tuple[int, bytes]) -> None:
+    """A real socket: keep-alive, HEAD and 206 through h11, a drop mid-body."""
+    download_id, whole = demo_file
+    with serve_in_thread(emulator) as url, trio.fail_after(10):
+        async with httpx.AsyncClient() as http:
+            api = ApiClient(http, url, login_credentials(), NO_RETRY)
+            assert (await api.probe_download(download_id)).size == len(whole)
+            with_config(emulator, head=False)
+            assert (await api.probe_download(download_id)).size == len(whole)
+            assert await read_all(api, download_id, 10) == (10, len(whole), whole[10:])
+            with_config(emulator, drop_after=1000)
+            with pytest.raises(TransportError):
+                await read_all(api, download_id)
+            assert len(await api.list_downloads(DEMO_BUILD)) > 1
+    assert api.requests == emulator.requests
+
+
+# -- probe_downloads (the batch path of the mount's transport) ---------------------------------
+
+
+@asynccontextmanager
+async def open_batch_api(
+    url: str, credentials: Credentials, *, batch: bool = True
+) -> AsyncIterator[ApiClient]:
+    """An ApiClient over real HTTP, as the mount has it: with the transport's batch path."""
+    async with open_http_client() as http:
+        yield ApiClient(http, url, credentials, NO_RETRY, heads=http.curl if batch else None)
+
+
+async def probe_all(
+    api: ApiClient, ids: list[int], at_once: int = 8
+) -> dict[int, ContentInfo | None]:
+    found: dict[int, ContentInfo | None] = {}
+    with trio.fail_after(30):
+        async for download_id, info in api.probe_downloads(ids, at_once=at_once):
+            assert download_id not in found
+            found[download_id] = info
+    assert sorted(found) == sorted(ids)
+    return found
+
+
+async def test_a_batch_probe_says_what_single_probes_say(emulator: Emulator) -> None:
+    ids = [d["id"] for d in emulator.downloads_of(LARGE_BUILD)[:50]]
+    with serve_in_thread(emulator) as url:
+        async with open_batch_api(url, Credentials(token=emulator.issue_token())) as api:
+            found = await probe_all(api, ids)
+            single = {i: await api.probe_download(i) for i in ids}
+    assert found == single
+    assert all(info is not None and info.size and info.filename for info in found.values())
+    assert emulator.requests[HEAD] == 2 * len(ids)
+    assert api.requests == emulator.requests
+
+
+@pytest.mark.parametrize("status", [401, 404, 429, 503])
+async def test_a_batch_probe_stops_at_an_answer_it_cannot_take(
+    emulator: Emulator, status: int
+) -> None:
+    ids = [d["id"] for d in emulator.downloads_of(LARGE_BUILD)[:100]]
+    emulator.fail_next(HEAD, status)
+    with serve_in_thread(emulator) as url:
+        async with open_batch_api(url, Credentials(token=emulator.issue_token())) as api:
+            found = await probe_all(api, ids)
+    sizes = {i: emulator.body_path(i).stat().st_size for i in ids}
+    told = {i: info.size for i, info in found.items() if info is not None}
+    assert told.items() <= sizes.items()
+    assert len(told) < len(ids)  # the failed one, and all after it, are left to probe_download
+    assert emulator.requests[HEAD] <= len(told) + 1 + 8  # nothing sent after the stop
+    assert api.stats.failures[f"HTTP {status}"] == 1
+
+
+async def test_a_batch_probe_on_a_server_without_head_sends_no_more_heads(
+    emulator: Emulator, demo_file: tuple[int, bytes]
+) -> None:
+    download_id, whole = demo_file
+    ids = [d["id"] for d in emulator.downloads_of(DEMO_BUILD)]
+    with_config(emulator, head=False)
+    with serve_in_thread(emulator) as url:
+        async with open_batch_api(url, Credentials(token=emulator.issue_token())) as api:
+            # One at a time: the first answer (a 405) stops the batch before a second HEAD.
+            assert set((await probe_all(api, ids, at_once=1)).values()) == {None}
+            # Once refused, HEAD is not tried again: by the batch, nor by a single probe.
+            assert set((await probe_all(api, ids, at_once=1)).values()) == {None}
+            assert (await api.probe_download(download_id)).size == len(whole)
+    assert emulator.requests[HEAD] == 1
+    assert emulator.requests[GET] == 1
+
+
+async def test_without_a_batch_path_every_probe_is_left_to_probe_download(
+    emulator: Emulator,
+) -> None:
+    ids = [d["id"] for d in emulator.downloads_of(DEMO_BUILD)]
+    with serve_in_thread(emulator) as url:
+        async with open_batch_api(url, Credentials(token="t"), batch=False) as api:
+            assert set((await probe_all(api, ids)).values()) == {None}
+    assert sum(emulator.requests.values()) == 0
+
+
+async def test_a_short_body_is_a_protocol_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"12345", headers={"Content-Length": "10"})
+
+    async with open_api(handler) as api:
+        with pytest.raises(ProtocolError, match="after 5 of 10 bytes"):
+            await read_all(api, 1)
+
+
+async def test_a_connection_lost_mid_body_is_a_transport_error() -> None:
+    class Broken(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"first bytes"
+            raise httpx.ReadError("connection reset by peer")
+
+    received: list[bytes] = []
+    answer = httpx.Response(200, stream=Broken())
+    async with open_api(lambda request: answer) as api, api.open_download(1) as stream:
+        with pytest.raises(TransportError, match="ReadError"):
+            async for chunk in stream.iter_chunks():
+                received.append(chunk)
+    assert received == [b"first bytes"]
+
+
+async def test_a_206_from_the_wrong_offset_is_a_protocol_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["Range"] == "bytes=100-"
+        return httpx.Response(206, content=b"x", headers={"Content-Range": "bytes 0-0/500"})
+
+    async with open_api(handler) as api:
+        with pytest.raises(ProtocolError, match="from 100, got them from 0"):
+            await read_all(api, 1, 100)
+
+
+async def test_a_content_encoded_body_is_decoded_and_unsized() -> None:
+    packed = gzip.compress(b"hello " * 100)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["Accept-Encoding"] == "identity"
+        return httpx.Response(200, content=packed, headers={"Content-Encoding": "gzip"})
+
+    async with open_api(handler) as api:
+        assert await read_all(api, 1) == (0, None, b"hello " * 100)
+
+
+@pytest.mark.parametrize(("start", "end"), [(-1, None), (5, 5), (5, 4)])
+async def test_an_invalid_range_is_a_caller_error(start: int, end: int | None) -> None:
+    async with open_api(lambda request: httpx.Response(200)) as api:
+        with pytest.raises(ValueError, match="range"):
+            await read_all(api, 1, start, end)
+    assert not api.requests
+
+
+# -- logging ----------------------------------------------------------------------------------
+
+
+async def test_logs_requests_without_secrets(
+    emulator: Emulator, demo_file: tuple[int, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="mkwfs.remote.api")
+    download_id = demo_file[0]
+    credentials = replace(login_credentials(), token=emulator.issue_token(lifetime=-1))
+    async with open_api(emulator.mock_transport(), credentials) as api:
+        await read_all(api, download_id, 0, 100)
+    lines = [record.getMessage() for record in caplog.records if record.name == "mkwfs.remote.api"]
+    assert any(line.startswith("POST /authentication -> 201") for line in lines)
+    assert any(
+        line.startswith(f"GET /api/v1/downloads/{download_id} -> 206, 100 bytes") for line in lines
+    )
+    secrets = (PASSWORD, credentials.token or PASSWORD)
+    assert not [line for line in lines if any(secret in line for secret in secrets)]

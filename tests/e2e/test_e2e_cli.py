@@ -288,12 +288,55 @@ def test_fstab_line_mounts_with_mount_T(
     mkwfs_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    require(os.geteuid() == 0, "mount -T with an fstab line needs root")
-    require(shutil.which("mount") is not None, "no mount(8)")
     require(
         (REPO_ROOT / ".venv" / "bin" / "mkwfs").exists(),
         "the helper runs .venv/bin/mkwfs of this checkout (scripts/setup.sh makes it)",
     )
+    # mount(8) only looks in /sbin for helpers; without installing it there, mount.fuse3
+    # runs the helper named before the '#' (see the helper's header and README).
+    def line(where: Path, options: str) -> str:
+        return f"{HELPER}#mkwfs {where} fuse {options} 0 0"
+
+    mount_from_fstab(adopt_mount, emulator, emulator_url, mkwfs_env, tmp_path, line)
+
+
+def test_packaged_helper_mounts_a_fuse_mkwfs_line(
+    adopt_mount: Callable[..., MountedFs],
+    emulator: Emulator,
+    emulator_url: str,
+    mkwfs_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """The console script pip installs is the helper: one `ln -s` into /sbin, as the README
+    says, and a line of type fuse.mkwfs mounts."""
+    helper = Path(sys.executable).parent / "mount.fuse.mkwfs"
+    require(helper.exists(), f"{helper}: the package's console script (pip install) is missing")
+    installed = Path("/sbin/mount.fuse.mkwfs")
+    require(os.geteuid() == 0, "installing a helper in /sbin needs root")
+    require(not installed.exists() and not installed.is_symlink(),
+            f"{installed} exists already: not replacing the machine's own helper")  # fmt: skip
+    def line(where: Path, options: str) -> str:
+        return f"mkwfs {where} fuse.mkwfs {options} 0 0"
+
+    installed.symlink_to(helper)
+    try:
+        mount_from_fstab(adopt_mount, emulator, emulator_url, mkwfs_env, tmp_path, line)
+    finally:
+        installed.unlink()
+
+
+def mount_from_fstab(
+    adopt_mount: Callable[..., MountedFs],
+    emulator: Emulator,
+    emulator_url: str,
+    mkwfs_env: dict[str, str],
+    tmp_path: Path,
+    line: Callable[[Path, str], str],
+) -> None:
+    """Mount with `mount -T FSTAB` from the fstab line ``line(mountpoint, options)`` makes,
+    list the builds, and unmount with umount(8)."""
+    require(os.geteuid() == 0, "mount -T with an fstab line needs root")
+    require(shutil.which("mount") is not None, "no mount(8)")
     mountpoint = tmp_path / "fstab-mnt"
     mountpoint.mkdir()
     token = tmp_path / "token"
@@ -301,10 +344,8 @@ def test_fstab_line_mounts_with_mount_T(
     cache, log = tmp_path / "cache", tmp_path / "fstab.log"
     options = (f"ro,noauto,_netdev,api_url={emulator_url},token_file={token},"
                f"cache_dir={cache},log_file={log},dir_ttl=30")  # fmt: skip
-    # mount(8) only looks in /sbin for helpers; without installing it there, mount.fuse3
-    # runs the helper named before the '#' (see the helper's header and README).
     fstab = tmp_path / "fstab"
-    fstab.write_text(f"{HELPER}#mkwfs {mountpoint} fuse {options} 0 0\n")
+    fstab.write_text(line(mountpoint, options) + "\n")
     mounted = adopt_mount(mountpoint, log)
     env = {k: v for k, v in mkwfs_env.items() if not k.startswith("MKWFS_")}
     done = run_env(["mount", "-T", str(fstab), str(mountpoint)], env)

@@ -29,7 +29,6 @@ import pytest
 import trio
 import trio.testing
 
-from mkwfs import emulator as emulator_module
 from mkwfs.emulator import (
     ANY_ENDPOINT,
     AWKWARD_BUILD,
@@ -50,6 +49,7 @@ from mkwfs.emulator import (
     FailureBody,
     response_delay,
     serve_in_thread,
+    zips,
 )
 from mkwfs.remote.models import parse_build, parse_download, parse_timestamp
 
@@ -605,14 +605,14 @@ def test_bodies_are_deterministic(tmp_path: Path) -> None:
 def test_bodies_are_reused_and_generated_once(config: EmulatorConfig,
                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     calls = []
-    write_zip = emulator_module._write_zip
+    write_zip = zips.write_zip
 
     def counting_write_zip(*args: Any) -> None:
         calls.append(args)
         time.sleep(0.05)  # widen the window in which concurrent requests could race
         write_zip(*args)
 
-    monkeypatch.setattr(emulator_module, "_write_zip", counting_write_zip)
+    monkeypatch.setattr(zips, "write_zip", counting_write_zip)
     emulator = Emulator(config)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         paths = set(pool.map(emulator.body_path, [DEMO_ZIP] * 8))

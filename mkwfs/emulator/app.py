@@ -28,6 +28,7 @@ from mkwfs.emulator.responses import (
     is_json_success,
     response_delay,
     with_delay,
+    with_etag,
 )
 from mkwfs.emulator.routes import DOWNLOAD_TARGET, Queries, Route, route
 from mkwfs.emulator.stats import Stats
@@ -76,7 +77,7 @@ class Emulator:
         data_dir = config.data_dir or default_data_dir(config.seed, config.big_file_size)
         self._downloads = Downloads(
             self._records, BodyStore(data_dir, config.seed), self._faults,
-            lambda: self._config, self.stats.count_sent,
+            lambda: self._config, self.stats,
         )  # fmt: skip
         self._servers: weakref.WeakSet[EmulatorServer] = weakref.WeakSet()
 
@@ -219,20 +220,27 @@ class Emulator:
             raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
         method = request.method.upper()
         where = route(method, request.url.path)
-        self.stats.count_request(where.key)
+        self.stats.count_request(where.key, where.kind)
         injected, delay = self._faults.draw(where.key, config)
         if injected is not None:
             return with_delay(injected, delay)
         response = self._dispatch(method, where, request)
-        if method == "HEAD" and not isinstance(response.stream, FileBody) and response.content:
+        head = method == "HEAD"
+        if not head and config.malformed_json and where.resource in RESOURCES:
+            response = cut_json(response) if is_json_success(response) else response
+        if config.etags and where.kind in ("list", "record") and response.status_code == 200:
+            response = with_etag(request, response)
+            if response.status_code == 304:
+                self.stats.count_not_modified()
+        if head and not isinstance(response.stream, FileBody) and response.content:
             response = httpx.Response(response.status_code, headers=response.headers)
-        elif config.malformed_json and where.resource in RESOURCES and is_json_success(response):
-            response = cut_json(response)
         return with_delay(response, delay)
 
     def _dispatch(self, method: str, where: Route, request: httpx.Request) -> httpx.Response:
         if where.resource is None:
             return error_response(404, "Page not found", data={"url": request.url.path})
+        if method == "HEAD" and self.config.head_405:  # Feathers 5.0.49 knows no HEAD
+            return error_response(405, "Method HEAD not allowed")
         if where.resource == "authentication":
             allowed = {"POST"}
         else:

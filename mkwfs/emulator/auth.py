@@ -23,6 +23,8 @@ from mkwfs.emulator.responses import error_response, iso, json_response
 
 #: Issued tokens remembered before the expired ones are forgotten.
 _TOKEN_RECORDS: Final = 4096
+#: The ``aud`` claim of Feathers' default JWT options.
+_AUDIENCE: Final = "https://yourdomain.com"
 
 
 def _b64encode(data: bytes) -> str:
@@ -52,12 +54,18 @@ class Authority:
         """A new JWT as the server issues at login (each with its own ``jti``), valid for
         ``lifetime`` seconds from now (default ``config.token_lifetime``; negative gives an
         already expired token)."""
+        return self._issue(lifetime)[0]
+
+    def _issue(self, lifetime: float | None) -> tuple[str, JSON]:
+        """A new token and its claims."""
         moment = time.time()
         now = int(moment)
         seconds = self._config().token_lifetime if lifetime is None else lifetime
         jti = str(uuid.uuid4())
         header = {"alg": "HS256", "typ": "access"}
-        claims = {"iat": now, "exp": now + math.ceil(seconds), "sub": "1", "jti": jti}
+        claims: JSON = {
+            "iat": now, "exp": now + math.ceil(seconds), "aud": _AUDIENCE, "sub": "1", "jti": jti,
+        }  # fmt: skip
         signing_input = ".".join(
             _b64encode(json.dumps(part, separators=(",", ":")).encode())
             for part in (header, claims)
@@ -66,9 +74,13 @@ class Authority:
             if len(self._token_expiry) >= _TOKEN_RECORDS:  # only the expired ones go
                 self._token_expiry = {k: v for k, v in self._token_expiry.items() if v > moment}
             self._token_expiry[jti] = moment + seconds
-        return f"{signing_input}.{_b64encode(self._sign(signing_input))}"
+        return f"{signing_input}.{_b64encode(self._sign(signing_input))}", claims
 
     def login(self, request: httpx.Request) -> httpx.Response:
+        """``POST /authentication`` with the local strategy: 201 with a new token, as
+        Feathers 5 shapes it (see ``config.login_token_copy``); 401 ``Invalid login`` for
+        wrong or missing credentials (400 for missing ones with ``config.login_validation``)."""
+        config = self._config()
         try:
             body = json.loads(request.content or b"{}")
         except ValueError:
@@ -85,22 +97,23 @@ class Authority:
         email, password = body.get("email"), body.get("password")
         for field_name, value in (("email", email), ("password", password)):
             if not isinstance(value, str) or not value:
-                return error_response(400, f"'{field_name}' is required")
-        config = self._config()
+                if config.login_validation:
+                    return error_response(400, f"'{field_name}' is required")
+                return error_response(401, "Invalid login")
         if not (
             hmac.compare_digest(str(email).encode(), config.email.encode())
             & hmac.compare_digest(str(password).encode(), config.password.encode())
         ):
             return error_response(401, "Invalid login")
-        token = self.issue_token()
-        return json_response(
-            201,
-            {
-                "accessToken": token,
-                "authentication": {"strategy": "local", "accessToken": token},
-                "user": {"id": 1, "email": config.email},
-            },
-        )
+        token, claims = self._issue(None)
+        authentication: JSON = {"strategy": "local"}
+        if config.login_token_copy:
+            authentication["accessToken"] = token
+        else:
+            authentication["payload"] = claims
+        answer = {"accessToken": token, "authentication": authentication,
+                  "user": {"id": 1, "email": config.email}}  # fmt: skip
+        return json_response(201, answer)
 
     def _sign(self, signing_input: str) -> bytes:
         return hmac.new(self._secret, signing_input.encode(), hashlib.sha256).digest()
@@ -125,12 +138,12 @@ class Authority:
                 self._verified[token] = claims
         expires = claims.get("exp")
         if not isinstance(expires, int | float):
-            return error_response(401, "invalid exp value")
+            return _token_error("invalid exp value")
         with self._lock:  # the exact expiry of a token issued here; exp is whole seconds
             expires = self._token_expiry.get(str(claims.get("jti")), expires)
         if time.time() >= expires:
             expired_at = iso(dt.datetime.fromtimestamp(expires, dt.UTC))
-            data = {"name": "TokenExpiredError", "message": "jwt expired", "expiredAt": expired_at}
+            data = {"name": "TokenExpiredError", "expiredAt": expired_at}
             return error_response(401, "jwt expired", data=data)
         return None
 
@@ -141,11 +154,17 @@ class Authority:
             header, claims = (json.loads(_b64decode(part)) for part in parts[:2])
             signature = _b64decode(parts[2])
         except (ValueError, IndexError):
-            return error_response(401, "jwt malformed")
+            return _token_error("jwt malformed")
         if not isinstance(header, dict) or not isinstance(claims, dict) or len(parts) != 3:
-            return error_response(401, "jwt malformed")
+            return _token_error("jwt malformed")
         if header.get("alg") != "HS256":
-            return error_response(401, "invalid algorithm")
+            return _token_error("invalid algorithm")
         if not hmac.compare_digest(signature, self._sign(f"{parts[0]}.{parts[1]}")):
-            return error_response(401, "invalid signature")
+            return _token_error("invalid signature")
         return claims
+
+
+def _token_error(message: str) -> httpx.Response:
+    """Feathers' 401 for a token jsonwebtoken refuses: its message, and the error's own
+    fields (its ``name``) as ``data``."""
+    return error_response(401, message, data={"name": "JsonWebTokenError"})

@@ -85,11 +85,13 @@ class FileBody(httpx.SyncByteStream, httpx.AsyncByteStream):
     Only the first ``limit`` bytes are ever produced; when that is less than ``length`` the
     connection then ends as ``ending`` says (`dropped`): ``"close"``, cleanly, or ``"reset"``.
     With a ``stall``, sending pauses before byte ``stall.at`` and then goes on; bytes are
-    paced at ``throttle`` bytes per second when set. Read in process, a body raises what httpx
-    raises on a real connection: ``RemoteProtocolError`` after a close, ``ReadError`` after a
-    reset, ``ReadTimeout`` when a stall outlasts the request's read timeout. The HTTP server
-    sends `paced` segments with ``sendfile`` instead. The async side runs under trio (a stall
-    waits on trio's clock). ``on_sent`` is told every byte count that goes out.
+    paced at ``throttle`` bytes per second when set, and sent in bursts of ``burst[0]``
+    bytes with ``burst[1]`` seconds between them when ``burst`` is set. Read in process, a
+    body raises what httpx raises on a real connection: ``RemoteProtocolError`` after a
+    close, ``ReadError`` after a reset, ``ReadTimeout`` when a stall outlasts the request's
+    read timeout. The HTTP server sends `paced` segments with ``sendfile`` instead. The async
+    side runs under trio (a stall waits on trio's clock). ``on_sent`` is told every byte
+    count that goes out.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class FileBody(httpx.SyncByteStream, httpx.AsyncByteStream):
         request: httpx.Request,
         ending: Ending = "close",
         stall: Stall | None = None,
+        burst: tuple[int, float] | None = None,
     ) -> None:
         self.path = path
         self.offset = offset
@@ -113,6 +116,7 @@ class FileBody(httpx.SyncByteStream, httpx.AsyncByteStream):
         self.on_sent = on_sent
         self.ending = ending
         self.stall = stall if stall is not None and stall.at < self.limit else None
+        self.burst = burst
         self._request = request
 
     @property
@@ -129,9 +133,13 @@ class FileBody(httpx.SyncByteStream, httpx.AsyncByteStream):
         done = 0
         while done < self.limit:
             end = min(done + step, self.limit)
+            if self.burst is not None:  # a segment never spans two bursts
+                end = min(end, (done // self.burst[0] + 1) * self.burst[0])
             if stall_at is not None and done < stall_at < end:
                 end = stall_at
             due = 0.0 if self.throttle is None else done / self.throttle
+            if self.burst is not None:
+                due += done // self.burst[0] * self.burst[1]
             yield self.offset + done, end - done, due
             done = end
 

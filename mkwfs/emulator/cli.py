@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 from collections.abc import Sequence
+from typing import Any
 
 from mkwfs.emulator.app import Emulator
 from mkwfs.emulator.config import EmulatorConfig
@@ -48,7 +49,19 @@ def config_from(args: argparse.Namespace) -> EmulatorConfig:
         stall_after=args.stall_after,
         stall_seconds=args.stall_seconds,
         malformed_json=args.malformed_json,
+        **_feathers_fields(args),
     )
+
+
+def _feathers_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of the Feathers 5 behaviours the command line asks for."""
+    return {
+        "page_max": args.page_max, "head_405": args.head_405, "head_counts": args.head_counts,
+        "send_buffer": args.send_buffer, "etags": args.etags,
+        "unsatisfiable_status": 500 if args.unsatisfiable_500 else 416,
+        "burst_bytes": args.burst_bytes, "burst_pause": args.burst_pause,
+        "login_token_copy": args.login_token_copy, "login_validation": args.login_validation,
+    }  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,8 +80,32 @@ def _parser() -> argparse.ArgumentParser:
                         help="send download bodies chunked")  # fmt: skip
     parser.add_argument("--page-size", type=int, metavar="N", help="paginate lists")
     parser.add_argument("--throttle", type=int, metavar="BPS", help="bytes per second")
+    _add_feathers(parser.add_argument_group("Feathers 5 + Express"))
     _add_faults(parser.add_argument_group("faults"), defaults)
     return parser
+
+
+def _add_feathers(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--page-max", type=int, metavar="N",
+                       help="cap $limit at N (default: --page-size)")  # fmt: skip
+    group.add_argument("--head-405", action="store_true",
+                       help="HEAD: 405 before authentication (Feathers <= 5.0.49)")  # fmt: skip
+    group.add_argument("--head-counts", action="store_true",
+                       help="count a HEAD of a body as a download (Feathers 5.0.50)")  # fmt: skip
+    group.add_argument("--send-buffer", action="store_true",
+                       help="res.send(buffer): Range ignored, files read whole")  # fmt: skip
+    group.add_argument("--etags", action="store_true",
+                       help="weak ETags on lists and gets, 304 on If-None-Match")  # fmt: skip
+    group.add_argument("--unsatisfiable-500", action="store_true",
+                       help="answer an unsatisfiable Range 500 GeneralError, not 416")  # fmt: skip
+    group.add_argument("--burst-bytes", type=int, metavar="BYTES",
+                       help="send bodies in bursts of BYTES ...")  # fmt: skip
+    group.add_argument("--burst-pause", type=float, default=0.0, metavar="SECONDS",
+                       help="... with this pause between bursts")  # fmt: skip
+    group.add_argument("--login-token-copy", action="store_true",
+                       help="repeat the accessToken inside the login's authentication")  # fmt: skip
+    group.add_argument("--login-validation", action="store_true",
+                       help="answer a login without email or password 400, not 401")  # fmt: skip
 
 
 def _add_faults(faults: argparse._ArgumentGroup, defaults: EmulatorConfig) -> None:

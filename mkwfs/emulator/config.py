@@ -31,16 +31,45 @@ class EmulatorConfig:
     #: Seconds a token is valid from its issue (to the server exactly; the ``exp`` claim is,
     #: like jsonwebtoken's, whole seconds from a whole-second ``iat``).
     token_lifetime: float = 86400.0
-    #: None: lists are bare arrays; N: Feathers pages {"total","limit","skip","data"}.
+    #: The login answer's ``authentication`` also holds the ``accessToken`` (older setups);
+    #: False: ``{"strategy": "local", "payload": <the token's claims>}``, as Feathers 5.
+    login_token_copy: bool = False
+    #: A login without email or password -> 400 ``'email' is required`` (a validating
+    #: hook); False: 401 ``Invalid login``, as Feathers' local strategy answers.
+    login_validation: bool = False
+    #: None: lists are bare arrays; N: Feathers pages {"total","limit","skip","data"} of N
+    #: records unless ``$limit`` asks for another number (Feathers' ``paginate.default``).
     page_size: int | None = None
+    #: The most records a page holds, whatever ``$limit`` asks (Feathers' ``paginate.max``,
+    #: capped silently); None: ``page_size``. Feathers' standard: page_size 10, page_max 50.
+    page_max: int | None = None
     #: False: HEAD -> 405 MethodNotAllowed (Feathers 5).
     head: bool = True
+    #: HEAD of any API path -> 405 ``Method HEAD not allowed``, before authentication, as
+    #: Feathers 5.0.49 and earlier answer (``head=False`` words it as a missing method).
+    head_405: bool = False
+    #: A HEAD of a download runs the download handler and counts in ``downloaded``, as
+    #: Feathers 5.0.50 answers (HEAD mapped to the service's ``get``).
+    head_counts: bool = False
+    #: Bodies sent as Express' ``res.send(buffer)``: Range ignored (200 and the whole body,
+    #: always with Content-Length), and the server reads the whole file for a GET and a HEAD.
+    send_buffer: bool = False
     #: True: Range -> 206 with Content-Range; False: Range ignored, 200 and the whole body.
     ranges: bool = True
+    #: The status of an unsatisfiable Range: 416 (Express alone), or 500 GeneralError
+    #: ``Range Not Satisfiable`` as Feathers' error handler answers (it drops Express' 416).
+    unsatisfiable_status: Literal[416, 500] = 416
     #: False: download bodies are sent chunked, without Content-Length.
     content_length: bool = True
     #: Bytes per second for download bodies; None: full speed.
     throttle: int | None = None
+    #: Bodies go out in bursts of this many bytes with ``burst_pause`` seconds between
+    #: them, as Express streams (slower and burstier than nginx); None: no pauses.
+    burst_bytes: int | None = None
+    burst_pause: float = 0.0
+    #: List and get answers carry a weak ETag ``W/"..."`` as Express computes it, and a GET
+    #: or HEAD whose If-None-Match matches is answered 304 Not Modified without a body.
+    etags: bool = False
     #: Close the connection cleanly (FIN) after this many body bytes of each download GET: a
     #: body shorter than its Content-Length (or a chunked body without its last chunk).
     drop_after: int | None = None

@@ -3,7 +3,9 @@ Content-Disposition and Range rules of Express, and the delay a response keeps w
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -171,3 +173,27 @@ def response_delay(response: httpx.Response) -> float:
     `Emulator.handle` decided (latency and jitter); 0 for any other response."""
     delay = response.extensions.get(_DELAY_KEY, 0.0)
     return float(delay)
+
+
+def weak_etag(content: bytes) -> str:
+    """The ETag Express gives a body (the ``etag`` package, weak): its length in hex and
+    27 characters of the base64 of its SHA-1."""
+    digest = base64.b64encode(hashlib.sha1(content).digest()).decode("ascii")[:27]
+    return f'W/"{len(content):x}-{digest}"'
+
+
+def with_etag(request: httpx.Request, response: httpx.Response) -> httpx.Response:
+    """``response`` (in memory) with its weak ETag; or, when the request's If-None-Match
+    matches it, 304 Not Modified with the ETag and no body, as Express' ``fresh`` decides
+    (``*`` matches, weak and strong forms compare equal, ``Cache-Control: no-cache`` is
+    never fresh)."""
+    etag = weak_etag(response.content)
+    wanted = request.headers.get("if-none-match")
+    no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
+    if wanted is not None and not no_cache:
+        tags = {tag.strip() for tag in wanted.split(",")}
+        if "*" in tags or etag in tags or etag.removeprefix("W/") in tags:
+            return httpx.Response(304, headers={"ETag": etag})
+    headers = httpx.Headers(response.headers)
+    headers["ETag"] = etag
+    return httpx.Response(response.status_code, headers=headers, content=response.content)

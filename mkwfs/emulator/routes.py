@@ -15,6 +15,7 @@ import httpx
 from mkwfs.emulator.config import JSON, EmulatorConfig
 from mkwfs.emulator.dataset import BOT_USER, RELEASES, RESOURCES, Records
 from mkwfs.emulator.responses import error_response, json_response
+from mkwfs.emulator.stats import PathKind
 
 #: `Emulator.fail_next`'s key for every request, whatever its endpoint.
 ANY_ENDPOINT: Final = "*"
@@ -59,6 +60,16 @@ class Route:
     resource: str | None
     #: The ``:id`` path segment, if any.
     ident: str | None
+
+    @property
+    def kind(self) -> PathKind:
+        if self.resource is None:
+            return "other"
+        if self.resource == "authentication":
+            return "auth"
+        if self.ident is None:
+            return "list"
+        return "body" if self.resource == "downloads" else "record"
 
 
 def route(method: str, path: str) -> Route:
@@ -148,14 +159,16 @@ class Queries:
         return checks
 
     def _page(self, items: list[JSON], params: httpx.QueryParams) -> httpx.Response:
-        """Feathers' ``$skip``/``$limit``: a bare array, or a page when paginating (with
-        ``$limit`` capped at ``page_size``)."""
+        """Feathers' ``$skip``/``$limit``: a bare array, or a page when paginating, of
+        ``$limit`` records (default ``page_size``) capped at ``page_max`` (or ``page_size``),
+        as Feathers' ``paginate: {default, max}``."""
         skip = int_param(params, "$skip") or 0
         limit = int_param(params, "$limit")
         page_size = self._config().page_size
         if page_size is None:
             return json_response(200, items[skip:] if limit is None else items[skip:][:limit])
-        limit = page_size if limit is None else min(limit, page_size)
+        page_max = self._config().page_max
+        limit = min(page_size if limit is None else limit, page_max or page_size)
         page = {"total": len(items), "limit": limit, "skip": skip, "data": items[skip:][:limit]}
         return json_response(200, page)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,25 +22,9 @@ from mkwfs.emulator import (
     serve_in_thread,
 )
 from mkwfs.emulator.cli import _parser, config_from
+from tests.emulator.common import SMALL_ZIP
 
-SMALL_ZIP = 5444
-BIG_SIZE = 4 * 2**20
 BODY = f"/api/v1/downloads/{SMALL_ZIP}"
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Emulator:
-    return Emulator(EmulatorConfig(big_file_size=BIG_SIZE, data_dir=tmp_path / "bodies"))
-
-
-@pytest.fixture
-def client(emulator: Emulator) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        transport=emulator.mock_transport(),
-        base_url="http://emulator.test",
-        headers={"Authorization": f"Bearer {emulator.issue_token()}"},
-    ) as http:
-        yield http
 
 
 def configure(emulator: Emulator, **changes: object) -> None:

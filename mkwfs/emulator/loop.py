@@ -68,20 +68,10 @@ def _next_request(connection: _Connection, due: list[bytes]) -> _Request | bytes
     """The next complete request received, taken off the buffer; the answer that refuses
     it (bytes); or None until more comes."""
     received = connection.received
-    end = received.find(b"\n\r\n")
-    bare = received.find(b"\n\n")
-    if bare != -1 and (end == -1 or bare < end):
-        end, skip = bare, 2
-    else:
-        skip = 3
-    if end == -1:
-        if received and received.lstrip(b"\r\n") == b"":
-            # http.server reads a blank request line as the end of the connection.
-            return b""
-        line_start = received.rfind(b"\n") + 1
-        if len(received) - line_start > HEADER_LINE_LIMIT:  # a line without an end
-            return too_long(first=line_start == 0)
-        return None
+    head = _head_end(received)
+    if head is None or isinstance(head, bytes):
+        return head
+    end, skip = head
     lines = bytes(received[: end + 1]).split(b"\n")
     for index, line in enumerate(lines):
         if len(line) + 1 > HEADER_LINE_LIMIT:
@@ -93,23 +83,13 @@ def _next_request(connection: _Connection, due: list[bytes]) -> _Request | bytes
     if len(words) != 3 or HTTP_VERSION.fullmatch(words[2]) is None:
         return error_page(400, f"Bad request line {request_line!r}")
     method, target, version = words
-    headers: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        if len(headers) >= HEADER_COUNT_LIMIT:
-            return too_long(first=False)
-        if line in (b"\r", b""):
-            break
-        name, colon, value = line.decode("iso-8859-1").partition(":")
-        if not colon or not name.strip():
-            return error_page(400, f"Bad header line {line!r}")
-        headers.append((name.strip(), value.strip()))
+    headers = _headers(lines[1:])
+    if isinstance(headers, bytes):
+        return headers
     fields = {name.lower(): value for name, value in headers}
-    close = version == "HTTP/1.0"
-    connection_header = fields.get("connection", "").lower()
-    if connection_header == "close":
-        close = True
-    elif connection_header == "keep-alive":
-        close = False
+    close = {"close": True, "keep-alive": False}.get(
+        fields.get("connection", "").lower(), version == "HTTP/1.0"
+    )
     length = fields.get("content-length") or "0"
     if not length.isdigit():
         return error_page(400, "Bad Content-Length")
@@ -124,6 +104,41 @@ def _next_request(connection: _Connection, due: list[bytes]) -> _Request | bytes
     del received[: start + int(length)]
     connection.continued = False
     return _Request(method, target, headers, body, close)
+
+
+def _head_end(received: bytearray) -> tuple[int, int] | bytes | None:
+    """Where the head of the first request in ``received`` ends: the offset of its last
+    line's newline and how many bytes the blank line after takes; the answer that refuses
+    it (bytes); or None until more comes."""
+    end = received.find(b"\n\r\n")
+    bare = received.find(b"\n\n")
+    if bare != -1 and (end == -1 or bare < end):
+        return bare, 2
+    if end != -1:
+        return end, 3
+    if received and received.lstrip(b"\r\n") == b"":
+        # http.server reads a blank request line as the end of the connection.
+        return b""
+    line_start = received.rfind(b"\n") + 1
+    if len(received) - line_start > HEADER_LINE_LIMIT:  # a line without an end
+        return too_long(first=line_start == 0)
+    return None
+
+
+def _headers(lines: list[bytes]) -> list[tuple[str, str]] | bytes:
+    """The header fields of a request head's ``lines`` (after its request line), up to the
+    blank line; or the answer that refuses them."""
+    headers: list[tuple[str, str]] = []
+    for line in lines:
+        if len(headers) >= HEADER_COUNT_LIMIT:
+            return too_long(first=False)
+        if line in (b"\r", b""):
+            break
+        name, colon, value = line.decode("iso-8859-1").partition(":")
+        if not colon or not name.strip():
+            return error_page(400, f"Bad header line {line!r}")
+        headers.append((name.strip(), value.strip()))
+    return headers
 
 
 class HttpApp(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 #: What a path is for: a login, a list (find), one record (get), a body, or anything else.
 PathKind = Literal["auth", "list", "record", "body", "other"]
@@ -47,6 +47,19 @@ class Stats:
     def body_heads(self) -> int:
         """HEADs of bodies (``HEAD /api/v1/downloads/:id``), whatever they were answered."""
         return self.requests[_BODY_HEAD]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter at one moment, as plain JSON-able values (download ids as strings),
+        for a process that reports them (a benchmark's server child)."""
+        with self._lock:
+            return {
+                "requests": dict(self.requests), "kinds": dict(self.kinds),
+                "downloaded": {str(k): v for k, v in self.downloaded.items()},
+                "body_gets": self.requests[_BODY_GET], "body_heads": self.requests[_BODY_HEAD],
+                "not_modified": self.not_modified, "bytes_sent": self.bytes_sent,
+                "bytes_read": self.bytes_read, "connections": self.connections,
+                "peak_connections": self.peak_connections,
+            }  # fmt: skip
 
     def count_request(self, key: str, kind: PathKind) -> None:
         with self._lock:

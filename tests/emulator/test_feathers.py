@@ -244,6 +244,12 @@ def test_requests_by_kind_of_path(client: httpx.Client, emulator: Emulator) -> N
     client.post("/authentication", json={"strategy": "local"})
     client.get("/nowhere")
     assert emulator.stats.kinds == {"list": 1, "record": 1, "body": 2, "auth": 1, "other": 1}
+    snapshot = emulator.stats.snapshot()
+    assert json.loads(json.dumps(snapshot)) == snapshot
+    assert snapshot["kinds"] == {"list": 1, "record": 1, "body": 2, "auth": 1, "other": 1}
+    assert snapshot["downloaded"] == {str(SMALL_ZIP): 1}
+    assert (snapshot["body_gets"], snapshot["body_heads"]) == (1, 1)
+    assert snapshot["bytes_sent"] == snapshot["bytes_read"] > 0
     emulator.reset_counters()
     assert emulator.stats.kinds == {} and emulator.stats.downloaded == {}
     assert emulator.stats.bytes_read == emulator.stats.not_modified == 0

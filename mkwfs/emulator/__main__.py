@@ -1,5 +1,5 @@
 """python -m mkwfs.emulator: serve the emulator."""
 
-from mkwfs.emulator import main
+from mkwfs.emulator.cli import main
 
 raise SystemExit(main())

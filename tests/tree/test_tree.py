@@ -26,7 +26,7 @@ from mkwfs.remote.errors import (
     ServerError,
 )
 from mkwfs.remote.models import parse_timestamp
-from mkwfs.tree import tree as tree_module
+from mkwfs.tree import scan as scan_module
 from mkwfs.tree.tree import (
     BUILD_JSON_NAME,
     BUILDS_INODE,
@@ -269,7 +269,7 @@ async def test_a_directory_scan_probes_sizes_concurrently_and_once(
         # A second one soon after looks like `ls -l`: it and the next files (in name order,
         # as ls goes) are probed in the background, and only they.
         await tree.getattr(entries[1][1].ino)
-        first_step, bound = tree_module._SCAN_FIRST, tree_module._SCAN_AHEAD
+        first_step, bound = scan_module.SCAN_FIRST, scan_module.SCAN_AHEAD
         horizon, given, step = 1 + first_step, first_step, min(2 * first_step, bound)
         await probes_reach(horizon)
         # Going on through the directory takes the probing on with it, ahead of the stats:
@@ -318,7 +318,7 @@ async def test_a_plain_readdir_probes_nothing_and_hands_out_few_unknown_sizes(
             batch = await tree.entries_from(snapshot, len(handed))
             unknown = [a for name, a in batch if name != BUILD_JSON_NAME]
             # A caller that stats them shows itself before the next are handed out.
-            assert 0 < len(unknown) <= tree_module._READDIR_UNKNOWN
+            assert 0 < len(unknown) <= scan_module.READDIR_UNKNOWN
             assert all(a.attr_timeout == 0 for a in unknown)
             handed += batch
         assert handed == await tree.listdir(build.ino)
@@ -349,7 +349,7 @@ async def test_readdir_in_a_scan_hands_out_files_with_their_sizes(
             while len(handed) < len(entries):
                 batch = await tree.entries_from(snapshot, len(handed))
                 # At least a batch; all that is left once its sizes are known.
-                assert len(batch) >= min(tree_module._READDIR_BATCH, len(entries) - len(handed))
+                assert len(batch) >= min(scan_module.READDIR_BATCH, len(entries) - len(handed))
                 for name, attrs in batch:
                     true_size = emulator.body_path(attrs.ino - FILE_BASE).stat().st_size
                     assert attrs.size == true_size, name
@@ -375,7 +375,7 @@ async def test_a_failed_probe_in_a_readdir_leaves_the_rest_to_stats(
         assert sizes[file_inode(refused)].attr_timeout == 0
         assert sum(a.attr_timeout > 0 for a in sizes.values()) == len(batch) - 1
         # The readdir no longer waits for probes: the rest goes stat by stat...
-        assert sum(a.attr_timeout == 0 for _, a in after) == tree_module._READDIR_UNKNOWN
+        assert sum(a.attr_timeout == 0 for _, a in after) == scan_module.READDIR_UNKNOWN
         # ... and the stat of the refused file tells why.
         with pytest.raises(PermissionDenied):
             await tree.getattr(file_inode(refused))

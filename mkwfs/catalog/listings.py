@@ -15,11 +15,13 @@ Stale-if-error: the last good copy of each fact is also kept, past its TTL, in t
 catalog's ``FactStore`` with the time it was fetched, and served when a refresh fails
 transiently (see ``stale.LastGood``); ``staleness`` says so for ``mkwfs status``.
 
-Only facts with an id below ``id_limit`` are kept (the tree numbers inodes by id).
+Only facts with an id below ``id_limit`` are kept (the tree numbers inodes by id). ``timer``
+runs the TTLs (trio's clock); ``wall`` dates the facts in the store (``time.time``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, TypeVar
 
@@ -63,6 +65,7 @@ class Catalog:
         id_limit: int,
         timer: Callable[[], float] = trio.current_time,
         store: FactStore | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._api = api
         self.timeout = timeout
@@ -83,19 +86,19 @@ class Catalog:
         store = MemoryStore() if store is None else store
         stale = self.staleness
         self._last_builds = LastGood[None, dict[int, Build]](
-            stale, store.table("builds", maxsize=1), timer=timer
+            stale, store.table("builds", maxsize=1), timer=timer, wall=wall
         )
         self._last_downloads = LastGood[int, list[Download]](
-            stale, store.table("downloads", maxsize=4096), timer=timer
+            stale, store.table("downloads", maxsize=4096), timer=timer, wall=wall
         )
         self._last_records = LastGood[int, Build](
-            stale, store.table("records", maxsize=4096), timer=timer
+            stale, store.table("records", maxsize=4096), timer=timer, wall=wall
         )
         self._last_groups = LastGood[GroupKind, GroupRecords](
-            stale, store.table("groups", maxsize=2), timer=timer
+            stale, store.table("groups", maxsize=2), timer=timer, wall=wall
         )
         self._last_group_builds = LastGood[tuple[GroupKind, int], dict[int, Build]](
-            stale, store.table("group_builds", maxsize=4096), timer=timer
+            stale, store.table("group_builds", maxsize=4096), timer=timer, wall=wall
         )
 
     # -- requests ----------------------------------------------------------------------

@@ -108,6 +108,17 @@ class DirSnapshot:
     entries: Entries
 
 
+def _fixed_nodes(ctx: Context) -> dict[int, Node]:
+    """The root and the directories under it, by inode: always known to the kernel."""
+    top: dict[bytes, Node] = {
+        BUILDS_NAME: BuildsDir(ctx, BUILDS_INODE),
+        PATTERNS_NAME: GroupsDir(ctx, PATTERNS_INODE, "pattern"),
+        PROJECTS_NAME: GroupsDir(ctx, PROJECTS_INODE, "project"),
+        UNPACKED_NAME: UnpackedDir(ctx, UNPACKED_INODE),
+    }
+    return {node.ino: node for node in [Root(ctx, ROOT_INODE, top), *top.values()]}
+
+
 class Tree:
     """What the mount shows, in terms of inodes and names. Raises only ``MkwfsError``.
 
@@ -150,14 +161,7 @@ class Tree:
             mount_time=time.time() if mount_time is None else mount_time,
             timer=timer,
         )
-        top: dict[bytes, Node] = {
-            BUILDS_NAME: BuildsDir(ctx, BUILDS_INODE),
-            PATTERNS_NAME: GroupsDir(ctx, PATTERNS_INODE, "pattern"),
-            PROJECTS_NAME: GroupsDir(ctx, PROJECTS_INODE, "project"),
-            UNPACKED_NAME: UnpackedDir(ctx, UNPACKED_INODE),
-        }
-        fixed = [Root(ctx, ROOT_INODE, top), *top.values()]
-        self._fixed: dict[int, Node] = {node.ino: node for node in fixed}
+        self._fixed = _fixed_nodes(ctx)
         self._nodes: dict[int, Node] = dict(self._fixed)
         self._lookups: Counter[int] = Counter()
 

@@ -113,14 +113,19 @@ class ArchiveDir(_InArchive):
 
 
 @dataclass(frozen=True)
-class MemberDir(_InArchive):
-    """A directory of an archive (listed by the archive, or implied by a member's path)."""
+class _Member(Node):
+    """An entry of an archive's index, at its position there."""
 
     archive: ArchiveDir
     entry: zipview.Entry
 
     def path(self) -> str:
         return f"{self.archive.path()}/{self.entry.path}"
+
+
+@dataclass(frozen=True)
+class MemberDir(_InArchive, _Member):
+    """A directory of an archive (listed by the archive, or implied by a member's path)."""
 
     def mtime(self) -> float:
         return self.entry.mtime
@@ -130,14 +135,8 @@ class MemberDir(_InArchive):
 
 
 @dataclass(frozen=True)
-class MemberFile(Node):
+class MemberFile(_Member):
     """A file of an archive, with the size and time its central directory gives."""
-
-    archive: ArchiveDir
-    entry: zipview.Entry
-
-    def path(self) -> str:
-        return f"{self.archive.path()}/{self.entry.path}"
 
     def attributes(self) -> Attributes:
         entry = self.entry

@@ -1,9 +1,11 @@
-"""Caches of awaited results: single flight per key, and a TTL cache on an injected clock.
+"""Caches of awaited results: single flight per key, and TTL caches on an injected clock.
 
 ``SingleFlight`` makes concurrent callers for one key share one call: the first caller runs
 the loader, the others wait for its outcome. ``AsyncTTLCache`` keeps successful results for
 ``ttl`` seconds of its ``timer`` (trio's clock by default, so tests run on ``MockClock``);
-failures are never cached, so the next call after an error asks again.
+failures are never cached, so the next call after an error asks again. ``StateAwareCache``
+keeps a result long when the loader says it is final (a finished build's files) and briefly
+while it may still change (a running build's).
 """
 
 from __future__ import annotations
@@ -109,6 +111,50 @@ class AsyncTTLCache(Generic[K, V]):
         async def load_and_store() -> V:
             value = await load()
             self._entries[key] = value
+            return value
+
+        return await self._flights.run(key, load_and_store)
+
+
+class StateAwareCache(Generic[K, V]):
+    """Results of an async loader that also says whether its result is final: final ones
+    are kept ``final_ttl`` seconds, the others ``live_ttl``. One load per key at a time;
+    failures are not cached. ``maxsize`` bounds each of the two kinds."""
+
+    def __init__(
+        self,
+        *,
+        final_ttl: float,
+        live_ttl: float,
+        maxsize: int = 1024,
+        timer: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self._final = AsyncTTLCache[K, V](ttl=final_ttl, maxsize=maxsize, timer=timer)
+        self._live = AsyncTTLCache[K, V](ttl=live_ttl, maxsize=maxsize, timer=timer)
+        self._flights = SingleFlight[K, V]()
+
+    def peek(self, key: K) -> V | None:
+        """The cached value if it is still fresh, without loading."""
+        value = self._final.peek(key)
+        return self._live.peek(key) if value is None else value
+
+    def put(self, key: K, value: V, *, final: bool) -> None:
+        (self._final if final else self._live).put(key, value)
+        (self._live if final else self._final).invalidate(key)
+
+    def invalidate(self, key: K | None = None) -> None:
+        """Forget one key, or everything when ``key`` is None."""
+        self._final.invalidate(key)
+        self._live.invalidate(key)
+
+    async def get(self, key: K, load: Callable[[], Awaitable[tuple[V, bool]]]) -> V:
+        cached = self.peek(key)
+        if cached is not None:
+            return cached
+
+        async def load_and_store() -> V:
+            value, final = await load()
+            self.put(key, value, final=final)
             return value
 
         return await self._flights.run(key, load_and_store)

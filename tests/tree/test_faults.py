@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from mkwfs.catalog.stale import STALE_RETRY
 from mkwfs.content.store import ContentStore
 from mkwfs.emulator import BUILDING_BUILD, LARGE_BUILD, Emulator, EmulatorConfig
 from mkwfs.remote.api import ApiClient, Credentials, RetryPolicy
@@ -27,7 +28,6 @@ from mkwfs.remote.errors import (
     TransportError,
 )
 from mkwfs.tree.tree import BUILDS_INODE, ROOT_INODE, Tree
-from mkwfs.tree.views import STALE_RETRY
 from tests.helpers import BASE_URL
 
 LIST = "GET /api/v1/downloads"

@@ -1,0 +1,226 @@
+"""The catalog: every fact the mount has from the API but sizes, and how long each holds.
+
+Facts: the list of builds, each build's newest record, a build's downloads, the projects
+and the patterns, a project's or pattern's builds. Each is asked of the ``ApiClient`` at
+most once per key at a time, every request bounded by ``timeout`` seconds (then
+``TransportError``), and kept in memory:
+
+* the list of builds, projects and patterns for ``dir_ttl`` seconds;
+* a build's downloads for ``final_ttl`` once the build is FINISHED, FAILED or CANCELED (they
+  can no longer change), for ``live_ttl`` while it is BUILDING;
+* a build's record, and a group's builds, for ``dir_ttl``, or ``live_ttl`` while one of them
+  is running.
+
+Stale-if-error: the last good copy of each fact is also kept, past its TTL, in the
+catalog's ``FactStore`` with the time it was fetched, and served when a refresh fails
+transiently (see ``stale.LastGood``); ``staleness`` says so for ``mkwfs status``.
+
+Only facts with an id below ``id_limit`` are kept (the tree numbers inodes by id). ``timer``
+runs the TTLs (trio's clock); ``wall`` dates the facts in the store (``time.time``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, TypeVar
+
+import trio
+
+from mkwfs.catalog.cache import AsyncTTLCache, StateAwareCache
+from mkwfs.catalog.stale import LastGood, Staleness
+from mkwfs.catalog.store import FactStore, MemoryStore
+from mkwfs.remote.api import ApiClient
+from mkwfs.remote.errors import TransportError
+from mkwfs.remote.models import Build, Download
+
+T = TypeVar("T")
+
+GroupKind = Literal["project", "pattern"]
+#: The records of the projects or the patterns, as the API sent them.
+GroupRecords = list[Mapping[str, Any]]
+
+
+def belongs_to(build: Build, kind: GroupKind, group_id: int) -> bool:
+    """Whether ``build`` belongs to the project or pattern, as far as the build record
+    says (a record without the field is trusted to, since the server filtered it)."""
+    if kind == "project":
+        return build.project_id in (None, group_id)
+    patterns = build.raw.get("patterns")
+    return not isinstance(patterns, list) or group_id in patterns
+
+
+class Catalog:
+    """The facts from the API, cached and bounded (see the module docstring). Raises only
+    ``MkwfsError``."""
+
+    def __init__(
+        self,
+        api: ApiClient,
+        *,
+        dir_ttl: float,
+        final_ttl: float,
+        live_ttl: float,
+        timeout: float,
+        id_limit: int,
+        timer: Callable[[], float] = trio.current_time,
+        store: FactStore | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._api = api
+        self.timeout = timeout
+        self._id_limit = id_limit
+        self.staleness = Staleness()
+        self._builds = AsyncTTLCache[None, dict[int, Build]](ttl=dir_ttl, maxsize=1, timer=timer)
+        self._downloads = StateAwareCache[int, list[Download]](
+            final_ttl=final_ttl, live_ttl=live_ttl, timer=timer
+        )
+        #: The newest record of each build: from GET /builds/:id or from any list of builds.
+        self._records = StateAwareCache[int, Build](
+            final_ttl=dir_ttl, live_ttl=live_ttl, maxsize=4096, timer=timer
+        )
+        self._groups = AsyncTTLCache[GroupKind, GroupRecords](ttl=dir_ttl, maxsize=2, timer=timer)
+        self._group_builds = StateAwareCache[tuple[GroupKind, int], dict[int, Build]](
+            final_ttl=dir_ttl, live_ttl=live_ttl, timer=timer
+        )
+        store = MemoryStore() if store is None else store
+        stale = self.staleness
+        self._last_builds = LastGood[None, dict[int, Build]](
+            stale, store.table("builds", maxsize=1), timer=timer, wall=wall
+        )
+        self._last_downloads = LastGood[int, list[Download]](
+            stale, store.table("downloads", maxsize=4096), timer=timer, wall=wall
+        )
+        self._last_records = LastGood[int, Build](
+            stale, store.table("records", maxsize=4096), timer=timer, wall=wall
+        )
+        self._last_groups = LastGood[GroupKind, GroupRecords](
+            stale, store.table("groups", maxsize=2), timer=timer, wall=wall
+        )
+        self._last_group_builds = LastGood[tuple[GroupKind, int], dict[int, Build]](
+            stale, store.table("group_builds", maxsize=4096), timer=timer, wall=wall
+        )
+
+    # -- requests ----------------------------------------------------------------------
+
+    async def bounded(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, or ``TransportError`` once ``timeout`` seconds have passed."""
+        with trio.move_on_after(self.timeout):
+            return await call()
+        raise TransportError(
+            f"no answer from the server within {self.timeout:g} s", url=self._api.base_url
+        )
+
+    async def _ask(self, call: Callable[[], Awaitable[T]]) -> T:
+        """An API request, bounded; its success means the server answers again."""
+        result = await self.bounded(call)
+        self.staleness.fresh()
+        return result
+
+    def _remember_builds(self, builds: list[Build]) -> dict[int, Build]:
+        """The builds of a list by id (ids below the limit), each kept as its newest record."""
+        usable = {b.id: b for b in builds if 0 <= b.id < self._id_limit}
+        for build in usable.values():
+            self._records.put(build.id, build, final=build.is_final)
+            self._last_records.put(build.id, build)
+        return usable
+
+    # -- facts -------------------------------------------------------------------------
+
+    async def builds(self) -> dict[int, Build]:
+        """Every build, by id."""
+
+        async def load() -> dict[int, Build]:
+            return self._remember_builds(await self._ask(self._api.list_builds))
+
+        return await self._last_builds.get(None, lambda: self._builds.get(None, load))
+
+    async def record(self, build: Build) -> Build:
+        """The build's newest record, asked again once it may have changed."""
+
+        async def load() -> tuple[Build, bool]:
+            fresh = await self._ask(lambda: self._api.get_build(build.id))
+            return fresh, fresh.is_final
+
+        return await self._last_records.get(build.id, lambda: self._records.get(build.id, load))
+
+    async def downloads(self, build: Build) -> list[Download]:
+        """The build's downloads, in the API's order (those of other builds left out)."""
+
+        async def load() -> tuple[list[Download], bool]:
+            # A build already known to be over has all its files: its listing is final.
+            final = self.fresh_build(build).is_final
+            found = await self._ask(lambda: self._api.list_downloads(build.id))
+            mine = [d for d in found if d.build_id in (None, build.id) and d.id < self._id_limit]
+            return mine, final
+
+        return await self._last_downloads.get(build.id, lambda: self._downloads.get(build.id, load))
+
+    async def groups(self, kind: GroupKind) -> GroupRecords:
+        """The records of the projects or of the patterns."""
+
+        async def load() -> GroupRecords:
+            if kind == "project":
+                return await self._ask(self._api.list_projects)
+            return await self._ask(self._api.list_patterns)
+
+        return await self._last_groups.get(kind, lambda: self._groups.get(kind, load))
+
+    async def group_builds(self, kind: GroupKind, group_id: int) -> dict[int, Build]:
+        """A project's or pattern's builds, by id, from the API's ``project_id`` or
+        ``pattern_id`` filter."""
+
+        async def load() -> tuple[dict[int, Build], bool]:
+            found = await self._ask(lambda: self._api.list_builds(**{f"{kind}_id": group_id}))
+            builds = self._remember_builds([b for b in found if belongs_to(b, kind, group_id)])
+            cached = self._builds.peek(None)
+            if cached is not None and not builds.keys() <= cached.keys():
+                self._builds.invalidate()  # A build newer than the cached list: ask again.
+            return builds, all(b.is_final for b in builds.values())
+
+        key = (kind, group_id)
+        return await self._last_group_builds.get(key, lambda: self._group_builds.get(key, load))
+
+    # -- what is known without a request -------------------------------------------------
+
+    def fresh_build(self, build: Build) -> Build:
+        """The newest record of a build that is cached, without a request."""
+        record = self._records.peek(build.id)
+        if record is not None:
+            return record
+        builds = self._builds.peek(None)
+        return builds.get(build.id, build) if builds is not None else build
+
+    def cached_record(self, build_id: int) -> Build | None:
+        """The build's record if one is fresh (from GET /builds/:id or a list of builds)."""
+        return self._records.peek(build_id)
+
+    def cached_downloads(self, build_id: int) -> list[Download] | None:
+        """The build's downloads if a fresh listing of them is cached."""
+        return self._downloads.peek(build_id)
+
+    def cached_group_builds(self, kind: GroupKind, group_id: int) -> dict[int, Build] | None:
+        """A group's builds if a fresh listing of them is cached."""
+        return self._group_builds.peek((kind, group_id))
+
+    # -- changes from outside ------------------------------------------------------------
+
+    def seed_builds(self, builds: list[Build]) -> None:
+        """Use a build list fetched elsewhere (the startup check) as the cached one."""
+        usable = self._remember_builds(builds)
+        self._builds.put(None, usable)
+        self._last_builds.put(None, usable)
+
+    def invalidate(self) -> None:
+        """Forget every cached fact (the next access asks the API again). The last good
+        copies stay for stale-if-error."""
+        self._builds.invalidate()
+        self._downloads.invalidate()
+        self._records.invalidate()
+        self._groups.invalidate()
+        self._group_builds.invalidate()
+        for last in (
+            self._last_builds, self._last_downloads, self._last_records, self._last_groups,
+            self._last_group_builds,
+        ):  # fmt: skip
+            last.retry_now()

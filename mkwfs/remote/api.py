@@ -34,8 +34,9 @@ from mkwfs.remote.models import Build, ContentInfo, Download, parse_build, parse
 from mkwfs.remote.payloads import (
     JSON_BODY_LIMIT,
     JSON_DEPTH_LIMIT,
+    PAGE_LIMIT,
+    Listing,
     decode_json,
-    feathers_page,
     json_object,
 )
 from mkwfs.remote.retry import RETRYABLE_STATUSES, RetryPolicy, is_transient, retrying
@@ -47,6 +48,7 @@ __all__ = [
     "JSON_DEPTH_LIMIT",
     "MAX_BODY_SIZE",
     "NO_HEAD_STATUSES",
+    "PAGE_LIMIT",
     "RETRYABLE_STATUSES",
     "ApiClient",
     "ApiStats",
@@ -138,6 +140,8 @@ class ApiClient:
 
     ``heads``, the batch path of the client's transport (`CurlTransport.heads`), makes
     `probe_downloads` cheap; without it that method leaves every probe to `probe_download`.
+
+    ``page_limit`` is the ``$limit`` lists ask for (the server may send smaller pages).
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class ApiClient:
         retry: RetryPolicy = _DEFAULT_RETRY,
         *,
         heads: HeadBatches | None = None,
+        page_limit: int = PAGE_LIMIT,
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -162,6 +167,7 @@ class ApiClient:
         self._no_head = False
         self._credentials = credentials
         self._retry = retry
+        self._page_limit = page_limit
         self.requests = self._session.requests
         self.stats = self._session.stats
 
@@ -211,29 +217,17 @@ class ApiClient:
     async def _list(
         self, path: str, params: Mapping[str, str | int], parse: Callable[[object], T]
     ) -> list[T]:
-        """GET a list: a bare JSON array, or Feathers pages followed with ``$skip`` until
-        their ``total``. ``ProtocolError`` for pages that do not add up."""
+        """GET a list in pages of the largest size the server allows (`payloads.Listing`).
+        ``ProtocolError`` for pages that do not add up."""
         first_page = self._session.http.build_request("GET", self._session.url(path), params=params)
-        items: list[object] = []
-        page_params: dict[str, str | int] = dict(params)
-        while True:
-            data = await self._get_json(path, page_params)
-            if isinstance(data, list) and "$skip" not in page_params:
-                items = data
-                break
+        listing = Listing(self._page_limit)
+        while not listing.done:
+            data = await self._get_json(path, {**params, **listing.params()})
             try:
-                total, page = feathers_page(data, skip=len(items))
+                listing.add(data)
             except ValueError as exc:
                 raise protocol_error(first_page, exc) from exc
-            items.extend(page)
-            if len(items) >= total:
-                break
-            if not page:
-                raise protocol_error(
-                    first_page, f"an empty page after {len(items)} of {total} items"
-                )
-            page_params = {**params, "$skip": len(items)}
-        return [_parsed(parse, item, first_page) for item in items]
+        return [_parsed(parse, item, first_page) for item in listing.items]
 
     async def _get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
         """GET ``path`` and decode its JSON body; retried per the policy."""

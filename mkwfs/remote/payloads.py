@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 __all__ = [
     "JSON_BODY_LIMIT",
     "JSON_DEPTH_LIMIT",
+    "PAGE_LIMIT",
+    "Listing",
     "decode_json",
     "feathers_page",
     "is_count",
@@ -28,6 +31,10 @@ JSON_BODY_LIMIT = 64 * 1024 * 1024
 #: How deeply an answer's JSON may nest (the API's objects nest three levels): deeper is a
 #: ``ProtocolError``, not a ``RecursionError`` in whatever walks it later.
 JSON_DEPTH_LIMIT = 32
+#: The ``$limit`` a list asks for. Feathers caps it silently at its ``paginate.max`` (50 in
+#: a stock setup, against a default page of 10), so the largest page the server allows is
+#: what comes; a service without pagination takes it as a limit, which `Listing` follows.
+PAGE_LIMIT = 5000
 
 
 def decode_json(body: bytes) -> Any:
@@ -75,6 +82,49 @@ def feathers_page(data: object, *, skip: int) -> tuple[int, list[object]]:
     if page_skip != skip:
         raise ValueError(f"asked for items from {skip}, got a page from {page_skip}")
     return total, page
+
+
+@dataclass
+class Listing:
+    """The items of a list, gathered from its answers: a bare JSON array, or Feathers
+    pages followed with ``$skip`` until their ``total``.
+
+    Ask with `params` until `done`, giving each answer to `add`. A bare array of exactly
+    ``limit`` items may be cut by the limit (a Feathers service without pagination takes
+    ``$limit`` as such), so it is followed with ``$skip`` too, until a shorter one; an
+    answer that starts with the list's first item again means the server ignores ``$skip``
+    and sent the whole list: it ends the list.
+    """
+
+    limit: int = PAGE_LIMIT
+    items: list[object] = field(default_factory=list)
+    #: Whether the answers are pages; None before the first.
+    paged: bool | None = None
+    done: bool = False
+
+    def params(self) -> dict[str, int]:
+        """The paging parameters of the next request."""
+        return {"$limit": self.limit, **({"$skip": len(self.items)} if self.items else {})}
+
+    def add(self, data: object) -> None:
+        """Take the answer to a request made with `params`. ``ValueError`` for one that
+        does not fit the answers before it."""
+        if isinstance(data, list) and not self.paged:
+            self.paged = False
+            if self.items and data and data[0] == self.items[0]:
+                self.done = True
+                return
+            self.items.extend(data)
+            self.done = len(data) != self.limit
+            return
+        if self.paged is False:
+            raise ValueError(f"expected a JSON array after a JSON array, got {kind(data)}")
+        self.paged = True
+        total, page = feathers_page(data, skip=len(self.items))
+        self.items.extend(page)
+        self.done = len(self.items) >= total
+        if not self.done and not page:
+            raise ValueError(f"an empty page after {len(self.items)} of {total} items")
 
 
 def is_count(value: object) -> TypeGuard[int]:

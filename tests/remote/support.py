@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from mkwfs.emulator import Emulator
-from mkwfs.remote.api import ApiClient, Credentials, RetryPolicy
+from mkwfs.remote.api import PAGE_LIMIT, ApiClient, Credentials, RetryPolicy
 
 BASE = "http://mk.test"
 EMAIL = "demo@metakraftwerk.example"
@@ -19,6 +19,8 @@ PASSWORD = "demo-password"
 NO_RETRY = RetryPolicy(attempts=1)
 HEAD = "HEAD /api/v1/downloads/:id"
 GET = "GET /api/v1/downloads/:id"
+#: The paging parameter every list request carries, as it appears in URLs and messages.
+LIMIT = f"%24limit={PAGE_LIMIT}"
 
 Handler = (
     Callable[[httpx.Request], httpx.Response]

@@ -1,8 +1,7 @@
-"""Tests of mkwfs.api: the real emulator through ``httpx.MockTransport`` wherever it can play
-the server's part, and a few-line handler for the shapes it cannot (malformed JSON, pages that
-never advance, short bodies, raw transport failures).
-
-The calls of ``ApiClient``: construction, lists, probes, downloads."""
+"""Tests of ``ApiClient``'s calls (construction, lists, probes, downloads): the real emulator
+through ``httpx.MockTransport`` wherever it can play the server's part, and a few-line handler
+for the shapes it cannot (malformed JSON, pages that never advance, short bodies, raw
+transport failures)."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ import trio.testing
 
 from mkwfs.emulator import DEMO_BUILD, FORBIDDEN_BUILD, LARGE_BUILD, Emulator, serve_in_thread
 from mkwfs.fuse.mount import open_http_client
-from mkwfs.remote.api import ApiClient, Credentials, RetryPolicy
+from mkwfs.remote.api import PAGE_LIMIT, ApiClient, Credentials, RetryPolicy
 from mkwfs.remote.errors import (
     ConfigError,
     NotFound,
@@ -34,7 +33,9 @@ from tests.remote.support import (
     EMAIL,
     GET,
     HEAD,
+    LIMIT,
     NO_RETRY,
+    Handler,
     json_response,
     login_credentials,
     open_api,
@@ -73,6 +74,64 @@ async def test_follows_feathers_pages(emulator: Emulator) -> None:
     assert len(downloads) == 1000
     assert len({d.id for d in downloads}) == 1000
     assert emulator.requests["GET /api/v1/downloads"] == 15  # ceil(1000 / 70)
+
+
+def feathers_service(items: list[dict[str, int]], seen: list[httpx.URL]) -> Handler:
+    """A handler paginating ``items`` as a stock Feathers service does: pages of 10 unless
+    ``$limit`` asks for more, and never more than 50 (``paginate: {default: 10, max: 50}``)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        skip = int(request.url.params.get("$skip", 0))
+        limit = min(int(request.url.params.get("$limit", 10)), 50)
+        page = {"total": len(items), "limit": limit, "skip": skip, "data": items[skip:][:limit]}
+        return json_response(page)
+
+    return handler
+
+
+async def test_asks_for_the_largest_pages_a_feathers_server_allows() -> None:
+    seen: list[httpx.URL] = []
+    items = [{"id": i, "build_id": 7} for i in range(1, 1001)]
+    async with open_api(feathers_service(items, seen)) as api:
+        downloads = await api.list_downloads(7)
+    assert [d.id for d in downloads] == list(range(1, 1001))
+    assert len(seen) == 20  # pages of 50, the server's cap: not 100 pages of its default 10
+    assert all(url.params["$limit"] == str(PAGE_LIMIT) for url in seen)
+    assert [url.params.get("$skip") for url in seen[:3]] == [None, "50", "100"]
+
+
+async def test_a_1000_file_build_costs_20_requests_against_a_cap_of_50(
+    emulator: Emulator,
+) -> None:
+    with_config(emulator, page_size=50)
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        downloads = await api.list_downloads(LARGE_BUILD)
+    assert len({d.id for d in downloads}) == 1000
+    assert emulator.requests["GET /api/v1/downloads"] == 20
+
+
+async def test_a_bare_array_cut_by_the_limit_is_followed(emulator: Emulator) -> None:
+    """A Feathers service without pagination takes ``$limit`` as a limit."""
+    async with httpx.AsyncClient(transport=emulator.mock_transport()) as http:
+        api = ApiClient(http, BASE, login_credentials(), NO_RETRY, page_limit=300)
+        downloads = await api.list_downloads(LARGE_BUILD)
+    assert [d.id for d in downloads] == [d["id"] for d in emulator.downloads_of(LARGE_BUILD)]
+    assert emulator.requests["GET /api/v1/downloads"] == 4  # 300, 300, 300, 100
+
+
+async def test_a_server_ignoring_skip_does_not_repeat_its_list() -> None:
+    whole = [{"id": 1}, {"id": 2}, {"id": 3}]
+    seen: list[httpx.URL] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return json_response(whole)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        api = ApiClient(http, BASE, Credentials(token="t"), NO_RETRY, page_limit=3)
+        assert [build.id for build in await api.list_builds()] == [1, 2, 3]
+    assert len(seen) == 2
 
 
 async def test_lists_projects_and_patterns(emulator: Emulator) -> None:
@@ -118,7 +177,7 @@ async def test_malformed_json_is_a_protocol_error() -> None:
     async with open_api(handler) as api:
         with pytest.raises(ProtocolError, match="not valid JSON") as caught:
             await api.list_downloads(DEMO_BUILD)
-    assert caught.value.url == f"{BASE}/api/v1/downloads?build_id={DEMO_BUILD}"
+    assert caught.value.url == f"{BASE}/api/v1/downloads?build_id={DEMO_BUILD}&{LIMIT}"
 
 
 async def test_list_filters_are_sent_as_query(emulator: Emulator) -> None:
@@ -130,7 +189,11 @@ async def test_list_filters_are_sent_as_query(emulator: Emulator) -> None:
 
     async with open_api(handler) as api:
         await api.list_builds(project_id=402, releases='{"DWH_GROUP":"R1"}')
-    assert dict(seen[0].params) == {"project_id": "402", "releases": '{"DWH_GROUP":"R1"}'}
+    assert dict(seen[0].params) == {
+        "project_id": "402",
+        "releases": '{"DWH_GROUP":"R1"}',
+        "$limit": str(PAGE_LIMIT),
+    }
 
 
 # -- probe_download ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import trio.testing
 from mkwfs.emulator import DEMO_BUILD, Emulator
 from mkwfs.remote.api import Credentials
 from mkwfs.remote.errors import AuthenticationError, LoginFailed, ProtocolError, TokenRejected
-from tests.remote.support import EMAIL, PASSWORD, json_response, login_credentials, open_api
+from tests.remote.support import EMAIL, LIMIT, PASSWORD, json_response, login_credentials, open_api
 
 # -- credentials ----------------------------------------------------------------------------
 
@@ -92,7 +92,7 @@ async def test_a_rejected_token_without_credentials_is_token_rejected(
     error = caught.value
     assert error.status == 401
     assert str(error).startswith("the API rejected the token; get a new one")
-    assert "GET /api/v1/builds: 401 Unauthorized" in str(error)
+    assert f"GET /api/v1/builds?{LIMIT}: 401 Unauthorized" in str(error)
     assert token not in str(error)
     assert emulator.requests["GET /api/v1/builds"] == 1
 

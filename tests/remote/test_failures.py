@@ -19,7 +19,7 @@ from mkwfs.remote.errors import (
     ServerError,
     TransportError,
 )
-from tests.remote.support import BASE, login_credentials, open_api
+from tests.remote.support import BASE, LIMIT, login_credentials, open_api
 
 # -- error statuses ---------------------------------------------------------------------------
 
@@ -46,7 +46,7 @@ async def test_injected_5xx_bodies(
             await api.list_downloads(DEMO_BUILD)
     error = caught.value
     assert error.status == 503
-    assert str(error).startswith(f"GET /api/v1/downloads?build_id={DEMO_BUILD}: 503 ")
+    assert str(error).startswith(f"GET /api/v1/downloads?build_id={DEMO_BUILD}&{LIMIT}: 503 ")
     if server_message is None:
         assert error.server_message
         assert "<" not in error.server_message

@@ -8,6 +8,7 @@ import pytest
 
 from mkwfs.remote.payloads import (
     JSON_DEPTH_LIMIT,
+    Listing,
     decode_json,
     feathers_page,
     is_count,
@@ -77,3 +78,44 @@ def test_counts_and_objects() -> None:
     assert json_object({"a": 1}) == {"a": 1}
     with pytest.raises(ValueError, match="expected a JSON object, got list"):
         json_object([])
+
+
+def test_a_listing_of_pages_follows_skip_until_the_total() -> None:
+    listing = Listing(limit=50)
+    assert listing.params() == {"$limit": 50}
+    listing.add({"total": 12, "limit": 10, "skip": 0, "data": list(range(10))})
+    assert (listing.done, listing.params()) == (False, {"$limit": 50, "$skip": 10})
+    listing.add({"total": 12, "limit": 10, "skip": 10, "data": [10, 11]})
+    assert (listing.done, listing.items) == (True, list(range(12)))
+
+
+def test_a_listing_of_bare_arrays_ends_at_a_short_one() -> None:
+    listing = Listing(limit=2)
+    listing.add([{"id": 1}, {"id": 2}])
+    assert (listing.done, listing.params()) == (False, {"$limit": 2, "$skip": 2})
+    listing.add([{"id": 3}])
+    assert (listing.done, listing.items) == (True, [{"id": 1}, {"id": 2}, {"id": 3}])
+
+
+def test_a_listing_ends_when_the_server_sends_its_list_again() -> None:
+    listing = Listing(limit=2)
+    listing.add([{"id": 1}, {"id": 2}])
+    listing.add([{"id": 1}, {"id": 2}])
+    assert (listing.done, listing.items) == (True, [{"id": 1}, {"id": 2}])
+
+
+@pytest.mark.parametrize(
+    ("answers", "complaint"),
+    [
+        ([{"total": 3, "data": [1]}, {"total": 3, "skip": 1, "data": []}], "empty page after 1"),
+        ([{"total": 3, "data": [1]}, [2]], "array or a page, got list"),
+        ([[1, 2], {"total": 3, "data": [3]}], "JSON array after a JSON array, got a JSON object"),
+    ],
+)
+def test_a_listing_refuses_answers_that_do_not_add_up(
+    answers: list[object], complaint: str
+) -> None:
+    listing = Listing(limit=2)
+    with pytest.raises(ValueError, match=complaint):
+        for answer in answers:
+            listing.add(answer)

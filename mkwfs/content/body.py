@@ -20,17 +20,24 @@ class Fetch:
         self.end = end
         #: The next byte to write; everything in ``[start, position)`` is on disk.
         self.position = start
+        #: The next byte to come from the network; everything in ``[start, arrived)`` has
+        #: arrived (in the recent bytes, on its way to the disk, or on it). The disk writer
+        #: may lag it by megabytes.
+        self.arrived = start
         self.done = False
         self.idle = False
         self.error: MkwfsError | None = None
 
     def serves(self, offset: int, join_distance: int) -> bool:
-        """Whether the byte at ``offset`` comes soon from this fetch."""
+        """Whether the byte at ``offset`` comes soon from this fetch: it arrived, or comes
+        within ``join_distance`` bytes of what arrived. Judged by what arrived, not by what
+        is on disk, so that a reader at the front of the stream keeps it however far the
+        disk lags."""
         return (
             not self.done
             and self.start <= offset
             and (self.end is None or offset < self.end)
-            and offset - self.position <= join_distance
+            and offset - self.arrived <= join_distance
         )
 
 

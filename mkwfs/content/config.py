@@ -53,6 +53,9 @@ class ContentConfig:
     direct_min: int = 1 * MiB
     #: Bytes written between two records of what is on disk (``.map``).
     map_interval: int = 16 * MiB
+    #: Bytes per second the disk writer is held to (None: as fast as the disk goes): tests
+    #: play a slow cache disk with it, whose writes lag the bytes that arrived.
+    disk_write_rate: int | None = None
     #: A partial body unused this long is closed (its map recorded).
     idle_rest: float = 5.0
     #: A body used this recently is not evicted (it is probably still being read).

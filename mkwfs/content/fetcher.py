@@ -199,7 +199,7 @@ class Fetcher:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_batches, body, fetch, receive, nursery.cancel_scope,
                                failure)  # fmt: skip
-            arrived = fetch.position
+            arrived = fetch.arrived = fetch.position
             try:
                 async with send:
                     async for chunk in stream.iter_chunks():
@@ -208,7 +208,7 @@ class Fetcher:
                             break
                         # Readers get the bytes now; the writer puts them on disk meanwhile.
                         body.recent.keep(arrived, chunk)
-                        arrived += len(chunk)
+                        arrived = fetch.arrived = arrived + len(chunk)
                         body.notify()
                         await send.send(chunk)
                         if self.stopping:
@@ -264,6 +264,8 @@ class Fetcher:
         self, body: Body, fetch: Fetch, writer: DiskWriter, batch: list[bytes], *, final: bool
     ) -> bytes:
         """Write ``batch`` at the fetch's position; return what the writer held back."""
+        if (rate := self._config.disk_write_rate) is not None:
+            await trio.sleep(sum(map(len, batch)) / rate)  # a slow disk
         written = await trio.to_thread.run_sync(writer.write, batch, fetch.position, final)
         body.extents.add(fetch.position, fetch.position + written)
         fetch.position += written

@@ -1,0 +1,65 @@
+"""The content store's tuning knobs, in one frozen object passed in (tests pass their own)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mkwfs.catalog.sizes import SizeConfig
+from mkwfs.remote.api import RetryPolicy
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ContentConfig:
+    """How reads become fetches, how fetches reach the disk, and how long bodies stay."""
+
+    # -- planning (see planner.py) ----------------------------------------------------------
+    #: A read joins a running fetch whose bytes are at most this far before the bytes it needs.
+    join_distance: int = 4 * MiB
+    #: What a read in the middle of a body fetches when nothing better is known.
+    random_window: int = 128 * 1024
+    #: A read this far past the end of a window still counts as going on (kernel readahead).
+    near: int = 2 * MiB
+    #: Windows double while a reader goes on, up to this.
+    max_window: int = 32 * MiB
+    #: A read within this many bytes of the end fetches all of them (ZIP directories live there).
+    tail_window: int = 128 * 1024
+    #: What a member-sized fetch takes past the member, for the kernel's readahead: seen to go
+    #: up to three of its windows (3 x READAHEAD_KB, see mount.py) past the end of a read.
+    spill: int = 768 * 1024
+    #: A member-sized fetch is at least this long (small members are fetched together).
+    min_fetch: int = 64 * 1024
+
+    # -- fetching (see fetcher.py) ----------------------------------------------------------
+    #: How far an open-ended fetch may run ahead of the furthest byte asked for.
+    readahead: int = 16 * MiB
+    #: Bytes that last arrived, kept in memory per body: more than ``readahead``, so that a
+    #: reader behind an open-ended fetch is served from memory, the disk writes beside it.
+    recent_limit: int = 24 * MiB
+    #: Chunks (of up to a few MiB) queued between the network and the disk writer.
+    queued_chunks: int = 8
+    #: An open-ended fetch that waited this long for readers closes its connection.
+    idle_close: float = 10.0
+    #: Backoff between retries of a fetch (its attempts are bounded by ``stall_timeout``).
+    backoff: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(attempts=1_000_000, base_delay=0.25, max_delay=4.0)
+    )
+    #: How long closing the store waits for fetches to put what arrived on disk.
+    stop_timeout: float = 5.0
+
+    # -- the disk (see disk.py, writer.py, eviction.py) --------------------------------------
+    #: Smaller fetches are written through the page cache (opening for O_DIRECT costs more).
+    direct_min: int = 1 * MiB
+    #: Bytes written between two records of what is on disk (``.map``).
+    map_interval: int = 16 * MiB
+    #: Bytes per second the disk writer is held to (None: as fast as the disk goes): tests
+    #: play a slow cache disk with it, whose writes lag the bytes that arrived.
+    disk_write_rate: int | None = None
+    #: A partial body unused this long is closed (its map recorded).
+    idle_rest: float = 5.0
+    #: A body used this recently is not evicted (it is probably still being read).
+    eviction_grace: float = 2.0
+
+    #: Size probes and the size log.
+    sizes: SizeConfig = field(default_factory=SizeConfig)

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from mkwfs.emulator import DEMO_BUILD, MEDIUM_FILE, MEDIUM_FILE_SIZE, Emulator
+from mkwfs.remote.api import PAGE_LIMIT
 from tests.conftest import (
     REPO_ROOT,
     MountedFs,
@@ -443,7 +444,8 @@ def test_quiet_by_default_debug_logs_each_request_and_no_secret_anywhere(
     wait_for(lambda: exchange in mounted.log(), timeout=10)
     log = mounted.log()
     assert "POST /authentication -> 201" in log
-    assert f"GET /api/v1/downloads?build_id={DEMO_BUILD} -> 200, " in log
+    listing = f"GET /api/v1/downloads?build_id={DEMO_BUILD}&%24limit={PAGE_LIMIT} -> 200, "
+    assert listing in log
     lines = [line for line in log.splitlines() if exchange in line]
     # method and path -> status, bytes, time (a body may come as 200, or as 206 to a Range)
     assert lines and re.search(rf"-> 20[06], {size} bytes, \d+ ms$", lines[0]), lines

@@ -25,7 +25,7 @@ from mkwfs.emulator import (
     Emulator,
     EmulatorConfig,
 )
-from mkwfs.remote.api import ApiClient, Credentials, RetryPolicy
+from mkwfs.remote.api import PAGE_LIMIT, ApiClient, Credentials, RetryPolicy
 from mkwfs.remote.errors import (
     NoSuchAttribute,
     NoSuchEntry,
@@ -126,7 +126,11 @@ async def test_projects_and_patterns_list_their_builds_by_the_apis_filters(
         assert sorted(int(n) for n in dv if n != b"latest") == expected
 
     build_queries = [u.params for u in sent if u.path == "/api/v1/builds"]
-    assert sorted(map(str, build_queries)) == ["pattern_id=811", "project_id=402"]
+    # Each filter asks for pages of the largest size (issue 16: $limit).
+    assert sorted(map(str, build_queries)) == [
+        f"pattern_id=811&%24limit={PAGE_LIMIT}",
+        f"project_id=402&%24limit={PAGE_LIMIT}",
+    ]
 
 
 async def test_latest_points_to_the_newest_finished_build_and_follows_a_finish(

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from mkwfs import __version__
-from mkwfs.cli.main import _parser, main, startup_message
+from mkwfs.cli.main import main
+from mkwfs.cli.messages import startup_message
+from mkwfs.cli.parser import build_parser
 from mkwfs.config import OPTIONS, Config, login_token_path
 from mkwfs.emulator import Emulator
 from mkwfs.fuse.checks import StartupError, check_allow_other, check_fuse, check_mountpoint
@@ -50,7 +52,7 @@ def test_help_on_every_command_explains_every_option(
         main([command, "--help"])
     assert info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     sub = commands._name_parser_map[command]
     for action in sub._actions:
         for flag in action.option_strings:

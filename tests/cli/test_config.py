@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mkwfs.cli.main import _config_from_args, _parser
+from mkwfs.cli.main import _config_from_args
+from mkwfs.cli.parser import build_parser
 from mkwfs.config import (
     MASK,
     OPTIONS,
@@ -41,7 +42,7 @@ def write_config(home: Path, text: str) -> Path:
 
 
 def settings_of(argv: list[str], env: dict[str, str] | None = None) -> dict[str, object]:
-    args = _parser().parse_args(["config", *argv])
+    args = build_parser().parse_args(["config", *argv])
     flags = {name: getattr(args, name) for name in MOUNT_NAMES}
     settings, _ = resolve(
         flags=flags, raw_options=args.raw_options, env=env or {}, names=MOUNT_NAMES
@@ -166,13 +167,13 @@ def test_flags_win_over_the_environment(home: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MKWFS_TOKEN", "from-env")
     monkeypatch.setenv("MKWFS_API_URL", "https://env.example")
     monkeypatch.setenv("MKWFS_CACHE_DIR", str(home / "env-cache"))
-    args = _parser().parse_args(["mount", str(home), "--token-file", str(token_file)])
+    args = build_parser().parse_args(["mount", str(home), "--token-file", str(token_file)])
     config = _config_from_args(args)
     assert config.token == "from-file"
     assert config.token_source == f"--token-file ({token_file})"
     assert config.api_url == "https://env.example"
     assert config.cache_dir == home / "env-cache"
-    args = _parser().parse_args(
+    args = build_parser().parse_args(
         ["mount", str(home), "--api-url", "http://flag.example/", "--cache-dir", "rel"]
     )
     config = _config_from_args(args)
@@ -275,7 +276,9 @@ def test_the_login_token_is_the_last_resort(home: Path) -> None:
 
 def test_describe_masks_every_secret(home: Path) -> None:
     (home / "pw").write_text("pw-SECRET\n")
-    args = _parser().parse_args(["config", "--email", "a@b.c", "--password-file", str(home / "pw")])
+    args = build_parser().parse_args(
+        ["config", "--email", "a@b.c", "--password-file", str(home / "pw")]
+    )
     flags = {name: getattr(args, name) for name in MOUNT_NAMES}
     settings, _ = resolve(flags=flags, env={"MKWFS_TOKEN": "tok-SECRET"}, names=MOUNT_NAMES)
     rows = {name: (value, source) for name, value, source in describe(settings, MOUNT_NAMES)}

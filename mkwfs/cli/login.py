@@ -48,8 +48,8 @@ def _token_expiry(token: str) -> dt.datetime | None:
 async def _checked_token(api_url: str, credentials: Credentials) -> str:
     """Log in (with email and password) or use the token, list the builds to prove it
     works, and return the token."""
-    from mkwfs.fuse.mount import open_http_client
     from mkwfs.remote.api import ApiClient
+    from mkwfs.remote.client import open_http_client
 
     async with open_http_client() as http:
         api = ApiClient(http, api_url, credentials)

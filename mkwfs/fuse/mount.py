@@ -25,7 +25,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pyfuse3
 import trio
 from pyfuse3 import InodeT
@@ -37,8 +36,8 @@ from mkwfs.fuse.checks import mount_entry
 from mkwfs.fuse.control import serve_control
 from mkwfs.fuse.fs import MkwfsOperations
 from mkwfs.remote.api import ApiClient
+from mkwfs.remote.client import open_http_client
 from mkwfs.remote.errors import MkwfsError
-from mkwfs.remote.transport import CurlTransport
 from mkwfs.tree.tree import BUILDS_INODE, ROOT_INODE, Tree
 
 log = logging.getLogger(__name__)
@@ -66,43 +65,6 @@ def _mount_options(config: Config) -> set[str]:
     if options & _OTHER_USERS:
         options.add("default_permissions")
     return options
-
-
-class _NoCookies(httpx.Cookies):
-    def extract_cookies(self, response: httpx.Response) -> None:
-        """Keep none."""
-
-
-class _CookielessClient(httpx.AsyncClient):
-    """``httpx.AsyncClient`` without a cookie jar. The API takes a bearer token and sets no
-    cookies, and taking the cookies of each response costs httpx about a quarter of a
-    millisecond (a cold ``ls -l`` of 1000 files: a quarter of a second)."""
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return _NoCookies()
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        raise TypeError("this client keeps no cookies")
-
-
-class MountClient(_CookielessClient):
-    """The mount's client: ``curl`` is its transport, whose batch path (``heads``) the
-    `ApiClient` of the mount probes sizes with."""
-
-    def __init__(self, curl: CurlTransport) -> None:
-        super().__init__(
-            transport=curl,
-            timeout=httpx.Timeout(30.0, connect=10.0),
-            headers={"User-Agent": f"mkwfs/{__version__}"},
-        )
-        self.curl = curl
-
-
-def open_http_client() -> MountClient:
-    """One pooled client for the whole mount, on libcurl (see `mkwfs.transport`)."""
-    return MountClient(CurlTransport(max_connections=32))
 
 
 def notify_systemd(state: str) -> None:

@@ -13,8 +13,8 @@ import trio
 
 from mkwfs.content.store import ContentStore, open_content_store
 from mkwfs.emulator import DEMO_BUILD, Emulator
-from mkwfs.fuse.mount import open_http_client
 from mkwfs.remote.api import ApiClient, Credentials, RetryPolicy
+from mkwfs.remote.client import open_http_client
 
 GET = "GET /api/v1/downloads/:id"
 HEAD = "HEAD /api/v1/downloads/:id"

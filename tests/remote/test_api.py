@@ -17,8 +17,8 @@ import trio
 import trio.testing
 
 from mkwfs.emulator import DEMO_BUILD, FORBIDDEN_BUILD, LARGE_BUILD, Emulator, serve_in_thread
-from mkwfs.fuse.mount import open_http_client
 from mkwfs.remote.api import PAGE_LIMIT, ApiClient, Credentials, RetryPolicy
+from mkwfs.remote.client import open_http_client
 from mkwfs.remote.errors import (
     ConfigError,
     NotFound,

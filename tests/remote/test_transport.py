@@ -24,8 +24,8 @@ from mkwfs.emulator import (
     EmulatorConfig,
     _HTTPServer,
 )
-from mkwfs.fuse.mount import _CookielessClient, open_http_client
 from mkwfs.remote import transport
+from mkwfs.remote.client import _CookielessClient, open_http_client
 from tests.helpers import configure
 
 SIZE = 8 * 2**20

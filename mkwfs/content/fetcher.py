@@ -116,12 +116,18 @@ class Fetcher:
             return True
         if body.size is not None and fetch.position >= body.size:
             return True
-        # Ran into bytes already on disk (a server ignoring Range resends them: go on).
-        return (
-            self.ranges is not False
-            and fetch.position > fetch.start
-            and body.extents.present_until(fetch.position) > fetch.position
-        )
+        # Ran into bytes already on disk (a server ignoring Range resends them: go on). It
+        # ends only where the bytes that follow are really there: not at a few of them that
+        # another fetch put there, nor before bytes that this one already brought.
+        if self.ranges is False or fetch.position <= fetch.start:
+            return False
+        present = body.extents.present_until(fetch.position)
+        if present == fetch.position or fetch.arrived > present:
+            return False
+        wanted = EVERYTHING if fetch.end is None else fetch.end
+        if body.size is not None:
+            wanted = min(wanted, body.size)
+        return present >= min(wanted, fetch.position + self._config.run_through)
 
     async def _run(self, body: Body, fetch: Fetch) -> None:
         download_id = body.download_id

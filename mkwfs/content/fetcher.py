@@ -3,7 +3,9 @@
 A fetch puts what arrives in the body's recent bytes at once (readers get them there) and
 hands it to a disk writer that runs beside the network. An open-ended fetch runs at most
 ``readahead`` bytes ahead of what readers asked for, and gives up its connection when they
-stay away for ``idle_close`` seconds; any fetch stops where the bytes on disk begin.
+stay away for ``idle_close`` seconds. A read joins a fetch by the bytes that arrived, not
+by those on disk, which may lag them by megabytes; a fetch ends where the bytes that follow
+are on disk (``run_through`` of them at least, or all it is for).
 
 Transient failures (connection lost, timeouts, 429, 502/503/504, a body cut short) are
 retried with exponential backoff and jitter, resuming at the byte reached. A read fails

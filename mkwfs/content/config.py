@@ -37,6 +37,10 @@ class ContentConfig:
     #: Bytes that last arrived, kept in memory per body: more than ``readahead``, so that a
     #: reader behind an open-ended fetch is served from memory, the disk writes beside it.
     recent_limit: int = 24 * MiB
+    #: A fetch runs on through fewer bytes on disk than this (writing them again) rather than
+    #: end at them: what follows would cost a GET of its own, one more download for the
+    #: server to count, and more as the reader's windows grow.
+    run_through: int = 16 * MiB
     #: Chunks (of up to a few MiB) queued between the network and the disk writer.
     queued_chunks: int = 8
     #: An open-ended fetch that waited this long for readers closes its connection.

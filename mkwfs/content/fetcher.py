@@ -3,7 +3,9 @@
 A fetch puts what arrives in the body's recent bytes at once (readers get them there) and
 hands it to a disk writer that runs beside the network. An open-ended fetch runs at most
 ``readahead`` bytes ahead of what readers asked for, and gives up its connection when they
-stay away for ``idle_close`` seconds; any fetch stops where the bytes on disk begin.
+stay away for ``idle_close`` seconds. A read joins a fetch by the bytes that arrived, not
+by those on disk, which may lag them by megabytes; a fetch ends where the bytes that follow
+are on disk (``run_through`` of them at least, or all it is for).
 
 Transient failures (connection lost, timeouts, 429, 502/503/504, a body cut short) are
 retried with exponential backoff and jitter, resuming at the byte reached. A read fails
@@ -116,12 +118,18 @@ class Fetcher:
             return True
         if body.size is not None and fetch.position >= body.size:
             return True
-        # Ran into bytes already on disk (a server ignoring Range resends them: go on).
-        return (
-            self.ranges is not False
-            and fetch.position > fetch.start
-            and body.extents.present_until(fetch.position) > fetch.position
-        )
+        # Ran into bytes already on disk (a server ignoring Range resends them: go on). It
+        # ends only where the bytes that follow are really there: not at a few of them that
+        # another fetch put there, nor before bytes that this one already brought.
+        if self.ranges is False or fetch.position <= fetch.start:
+            return False
+        present = body.extents.present_until(fetch.position)
+        if present == fetch.position or fetch.arrived > present:
+            return False
+        wanted = EVERYTHING if fetch.end is None else fetch.end
+        if body.size is not None:
+            wanted = min(wanted, body.size)
+        return present >= min(wanted, fetch.position + self._config.run_through)
 
     async def _run(self, body: Body, fetch: Fetch) -> None:
         download_id = body.download_id

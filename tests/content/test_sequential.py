@@ -104,6 +104,30 @@ async def test_readers_at_several_offsets_share_the_stream(
     assert gets == [1] * (REPEATS // 2)
 
 
+@pytest.mark.parametrize("config", [LAGGING, ContentConfig()], ids=["lagging", "fast"])
+async def test_the_stream_runs_on_through_a_few_bytes_another_reader_put_on_disk(
+    big_server: tuple[Emulator, str], tmp_path: Path, config: ContentConfig
+) -> None:
+    """A reader in the middle put a few megabytes on disk, in windows; the stream that
+    reaches them later runs on through them rather than end there (the reader behind it
+    would then need a GET for what follows, and more as its windows grow)."""
+    emulator, url = big_server
+    expected = emulator.body_path(BIG_ZIP).read_bytes()
+    gets = []
+    for attempt in range(REPEATS // 2):
+        emulator.reset_counters()
+        cache = tmp_path / f"cache{attempt}"
+        async with open_store(emulator, url, cache, config=config) as store:
+            with trio.fail_after(60):
+                middle = BIG // 3
+                assert await store.read(BIG_ZIP, middle, 4 * MiB) == expected[middle:][: 4 * MiB]
+                windows = emulator.requests[GET]
+                assert await read_all(store, BIG_ZIP) == expected
+        gets.append(emulator.requests[GET] - windows)
+    print("GETs of a sequential read past a reader's windows:", gets)
+    assert gets == [1] * (REPEATS // 2)
+
+
 def test_a_fetch_serves_the_front_of_what_arrived_however_far_the_disk_lags() -> None:
     join = ContentConfig().join_distance
     fetch = Fetch(0, None)

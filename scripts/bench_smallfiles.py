@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""Issue 13's small-file figures: a cold 1000-file build, side by side in one run.
+
+    .venv/bin/python scripts/bench_smallfiles.py [--runs 3] [--only curl,rclone,mkwfs,prefetch]
+    .venv/bin/python scripts/bench_smallfiles.py --only mkwfs --runs 1 --profile DIR
+
+Figures (medians of ``--runs``, each mkwfs/rclone run on a fresh cache and a fresh mount):
+
+* curl, one process, one GET after another (``curl -K``: one connection, reused);
+* curl ``--parallel --parallel-max 16``;
+* rclone mount ``:http:`` ``--vfs-cache-mode off``, ``cp -r`` of the build (the peer's
+  server is bench.py's directory server, symlinks to the emulator's bodies);
+* mkwfs ``cp -r`` of the build, with the daemon's CPU seconds per file (utime + stime of
+  the daemon from /proc/<pid>/stat) and the requests the emulator counted;
+* ``mkwfs prefetch`` of the build (default ``-j``), on a fresh mount.
+
+It reuses bench.py's machinery (Session, the emulator child, the directory server, the
+mount helpers), so the servers, cleanup and timeouts are the same as there. ``--profile DIR``
+records the mkwfs ``cp -r`` with py-spy (``/work/tools/bin/py-spy``, or ``--py-spy``) into
+DIR/pyspy.txt (collapsed stacks) and, in a second cold run, ``strace -c -f`` into
+DIR/strace.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench
+
+FIGURES = ("curl", "rclone", "mkwfs", "prefetch")
+CURL_PARALLEL = 16
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _curl_config(session: bench.Session, server: bench.Server) -> Path:
+    path = session.new_dir("curl") / "urls.conf"
+    lines = [f'header = "Authorization: Bearer {server.token}"']
+    for file in server.large_files:
+        lines += [f'url = "{server.download_url(file)}"', 'output = "/dev/null"']
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("\n".join(lines) + "\n")
+    return path
+
+
+def _timed(argv: Sequence[str], timeout: float) -> float:
+    started = time.monotonic()
+    subprocess.run(
+        list(argv),
+        check=True,
+        timeout=timeout,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return time.monotonic() - started
+
+
+class Run:
+    """The figures of one run: name -> list of values (seconds, or a text for requests)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+        self.notes: dict[str, str] = {}
+        self.loads: dict[str, list[str]] = {}
+
+    def add(self, name: str, value: float) -> None:
+        self.values.setdefault(name, []).append(value)
+        self.loads.setdefault(name, []).append(_load())
+        bench._log(f"{name}: {value:.4f} (load {_load()})")
+
+    def median(self, name: str) -> float | None:
+        values = self.values.get(name)
+        return statistics.median(values) if values else None
+
+
+def _copy_tree(mnt: bench.Mounted, server: bench.Server, session: bench.Session) -> Path:
+    build_dir = mnt.path / Path(server.large_files[0].rel).parent
+    dest = session.new_dir("copy") / "build"
+    subprocess.run(
+        ["cp", "-r", os.fspath(build_dir), os.fspath(dest)],
+        check=True,
+        timeout=session.step_timeout,
+    )
+    missing = {Path(f.rel).name for f in server.large_files} - set(os.listdir(dest))
+    if missing:
+        raise bench.BenchError(f"cp -r missed {len(missing)} of {len(server.large_files)} files")
+    return dest
+
+
+def measure_fs_copy(
+    session: bench.Session,
+    server: bench.Server,
+    target: bench.Target,
+    run: Run,
+    name: str,
+    profile: Callable[[int], Callable[[], None]] | None = None,
+) -> None:
+    """One cold ``cp -r`` of the build through ``target``; daemon CPU and requests too."""
+    with target.mount(session.new_dir(f"{name}-cache")) as mnt:
+        pid = mnt.process.pid
+        before, cpu = target.counter.snapshot(), _cpu_seconds(pid)
+        stop = profile(pid) if profile is not None else None
+        started = time.monotonic()
+        dest = _copy_tree(mnt, server, session)
+        elapsed = time.monotonic() - started
+        if stop is not None:
+            stop()
+        cpu = _cpu_seconds(pid) - cpu
+        bench._settle()
+        counted = target.counter.snapshot() - before
+        shutil.rmtree(dest.parent, ignore_errors=True)
+    n = len(server.large_files)
+    run.add(f"{name} cp -r", elapsed)
+    run.add(f"{name} CPU ms/file", 1000 * cpu / n)
+    run.notes[f"{name} requests"] = counted.describe()
+
+
+def measure_prefetch(
+    session: bench.Session, server: bench.Server, target: bench.Target, run: Run
+) -> None:
+    with target.mount(session.new_dir("prefetch-cache")) as mnt:
+        build_dir = mnt.path / Path(server.large_files[0].rel).parent
+        pid = mnt.process.pid
+        before, cpu = target.counter.snapshot(), _cpu_seconds(pid)
+        elapsed = _timed(
+            [sys.executable, "-m", "mkwfs", "prefetch", os.fspath(build_dir)], session.step_timeout
+        )
+        cpu = _cpu_seconds(pid) - cpu
+        bench._settle()
+        counted = target.counter.snapshot() - before
+    run.add("mkwfs prefetch", elapsed)
+    run.add("mkwfs prefetch CPU ms/file", 1000 * cpu / len(server.large_files))
+    run.notes["mkwfs prefetch requests"] = counted.describe()
+
+
+def _py_spy(args: argparse.Namespace) -> Callable[[int], Callable[[], None]]:
+    def start(pid: int) -> Callable[[], None]:
+        out = args.profile / "pyspy.txt"
+        process = subprocess.Popen(
+            [args.py_spy, "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", os.fspath(out),
+             "--threads", "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1.0)  # py-spy attaches
+
+        def stop() -> None:
+            process.send_signal(2)
+            process.wait(30)
+
+        return stop
+
+    return start
+
+
+def _strace(args: argparse.Namespace) -> Callable[[int], Callable[[], None]]:
+    def start(pid: int) -> Callable[[], None]:
+        out = args.profile / "strace.txt"
+        process = subprocess.Popen(
+            ["strace", "-c", "-f", "-p", str(pid), "-o", os.fspath(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1.0)
+
+        def stop() -> None:
+            process.send_signal(2)
+            process.wait(30)
+
+        return stop
+
+    return start
+
+
+def run_figures(args: argparse.Namespace, session: bench.Session) -> str:
+    load_before = _load()
+    rpc, hello = bench._start_child(
+        session, ["_emulator", "--big-file-size", str(bench.QUICK_BIG_FILE_SIZE)], 600
+    )
+    counter = bench.RpcCounter(rpc, "emulator counters")
+    server = bench.describe_server(
+        hello["url"], hello["token"], counter, bench._parser().parse_args([])
+    )
+    ids = {f.download_id for f in (server.big, server.medium, *server.large_files)}
+    paths = rpc.call({"op": "paths", "ids": sorted(ids)}, timeout=900)["paths"]
+    server.body_paths = {int(i): Path(p) for i, p in paths.items()}
+    bench._warm_server_files(server)
+    run = Run()
+    only = set(args.only)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        target = bench.mkwfs_target(session, server, debug_log=False)
+        measure_fs_copy(session, server, target, run, "mkwfs", _py_spy(args))
+        measure_fs_copy(session, server, target, run, "mkwfs", _strace(args))
+        return _table(run, server, load_before)
+    conf = _curl_config(session, server)
+    rclone: bench.Target | None = None
+    if "rclone" in only and shutil.which("rclone"):
+        drpc, dhello = bench._start_child(
+            session, ["_dirserver", os.fspath(bench._peer_tree(session, server))], 60
+        )
+        rclone = bench.rclone_target(
+            session, dhello["url"], bench.RpcCounter(drpc, "directory server"), "off"
+        )
+    mkwfs = bench.mkwfs_target(session, server, debug_log=False)
+    for index in range(args.runs):
+        bench._log(f"run {index + 1} of {args.runs}")
+        if "curl" in only:
+            run.add("curl sequential", _timed(["curl", "-s", "-K", os.fspath(conf)], 120))
+            run.add(
+                f"curl --parallel {CURL_PARALLEL}",
+                _timed(["curl", "-s", "--parallel", "--parallel-max", str(CURL_PARALLEL),
+                        "-K", os.fspath(conf)], 120),
+            )  # fmt: skip
+        if rclone is not None:
+            measure_fs_copy(session, server, rclone, run, "rclone off")
+        if "mkwfs" in only:
+            measure_fs_copy(session, server, mkwfs, run, "mkwfs")
+        if "prefetch" in only:
+            measure_prefetch(session, server, mkwfs, run)
+    return _table(run, server, load_before)
+
+
+def _table(run: Run, server: bench.Server, load_before: str) -> str:
+    n = len(server.large_files)
+    sizes = [server.body_paths[f.download_id].stat().st_size for f in server.large_files]
+    lines = [
+        f"cold build {server.large_build}: {n} files, {statistics.median(sizes)} bytes median; "
+        f"{os.cpu_count()} CPUs, load {load_before} before, {_load()} after",
+        "| figure | median | runs | load at each run | vs curl seq | vs curl par | vs rclone |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    seq = run.median("curl sequential")
+    par = run.median(f"curl --parallel {CURL_PARALLEL}")
+    peer = run.median("rclone off cp -r")
+    for name, values in run.values.items():
+        value = statistics.median(values)
+        unit = "ms" if "CPU" in name else "s"
+
+        def ratio(base: float | None, name: str = name, value: float = value) -> str:
+            return "" if base is None or "CPU" in name else f"{value / base:.1f}x"
+
+        lines.append(
+            f"| {name} | {value:.3f} {unit} | {', '.join(f'{v:.3f}' for v in values)} | "
+            f"{'; '.join(run.loads[name])} | {ratio(seq)} | {ratio(par)} | {ratio(peer)} |"
+        )
+    for name, text in run.notes.items():
+        lines.append(f"{name} (last run): {text}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench_smallfiles.py",
+        description="Cold 1000-file build: curl, rclone, mkwfs cp -r and mkwfs prefetch.",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")
+    parser.add_argument(
+        "--only",
+        default=",".join(FIGURES),
+        type=lambda s: [f for f in s.split(",") if f],
+        help=f"figures to measure, of {','.join(FIGURES)} (default all)",
+    )
+    parser.add_argument("--profile", type=Path, help="py-spy + strace -c of mkwfs cp -r into DIR")
+    parser.add_argument("--py-spy", default="/work/tools/bin/py-spy", help="py-spy binary")
+    parser.add_argument("--step-timeout", type=float, default=120.0, help="seconds per step")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    unknown = set(args.only) - set(FIGURES)
+    if unknown:
+        _parser().error(f"unknown figures: {', '.join(sorted(unknown))}")
+    session = bench.Session(args.step_timeout)
+    try:
+        output = run_figures(args, session)
+    except bench.BenchError as exc:
+        bench._log(f"failed: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        session.close()
+    print(output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

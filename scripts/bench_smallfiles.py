@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -51,11 +55,17 @@ def _load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _curl_config(session: bench.Session, server: bench.Server) -> Path:
+def _curl_config(session: bench.Session, server: bench.Server, static_url: str | None) -> Path:
+    """A curl -K file of the build's URLs: the API's downloads, or ``static_url``'s files."""
     path = session.new_dir("curl") / "urls.conf"
     lines = [f'header = "Authorization: Bearer {server.token}"']
     for file in server.large_files:
-        lines += [f'url = "{server.download_url(file)}"', 'output = "/dev/null"']
+        url = (
+            server.download_url(file)
+            if static_url is None
+            else f"{static_url}/{urllib.parse.quote(file.rel)}"
+        )
+        lines += [f'url = "{url}"', 'output = "/dev/null"']
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write("\n".join(lines) + "\n")
@@ -189,6 +199,68 @@ def _strace(args: argparse.Namespace) -> Callable[[int], Callable[[], None]]:
     return start
 
 
+_NGINX_CONF = """user root; worker_processes 1; daemon off;
+pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log {d}/access.log; sendfile on; tcp_nopush on; keepalive_requests 100000;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+  uwsgi_temp_path {d}; scgi_temp_path {d};
+  server {{ listen 127.0.0.1:{port}; root {root}; location / {{ autoindex on; }} }}
+}}
+"""
+_ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) [^"]*" \d+ (?P<bytes>\d+)')
+
+
+class AccessLogCounter:
+    """Requests of nginx, from its access log: the directory server's keys (GET dir, ...)."""
+
+    def __init__(self, log: Path) -> None:
+        self._log = log
+
+    def snapshot(self) -> bench.Counts:
+        requests: Counter[str] = Counter()
+        sent = 0
+        text = self._log.read_text() if self._log.exists() else ""
+        for match in _ACCESS_LINE.finditer(text):
+            kind = "dir" if match["path"].endswith("/") else "file"
+            requests[f"{match['method']} {kind}"] += 1
+            sent += int(match["bytes"])
+        return bench.Counts(requests, sent)
+
+
+def start_nginx(session: bench.Session, root: Path) -> tuple[str, AccessLogCounter]:
+    """nginx (one worker, autoindex, sendfile) serving ``root`` on a free loopback port."""
+    directory = session.new_dir("nginx")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conf = directory / "nginx.conf"
+    conf.write_text(_NGINX_CONF.format(d=directory, port=port, root=root))
+    session.spawn(["nginx", "-p", os.fspath(directory), "-c", os.fspath(conf)])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise bench.BenchError("nginx did not start (see its error.log)") from None
+            time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", AccessLogCounter(directory / "access.log")
+
+
+def _peer(
+    args: argparse.Namespace, session: bench.Session, server: bench.Server
+) -> tuple[str, bench.RequestCounter]:
+    """The static server of the peer: bench.py's directory server, or nginx."""
+    tree = bench._peer_tree(session, server)
+    if args.peer_server == "nginx":
+        return start_nginx(session, tree)
+    rpc, hello = bench._start_child(session, ["_dirserver", os.fspath(tree)], 60)
+    return hello["url"], bench.RpcCounter(rpc, "directory server")
+
+
 def run_figures(args: argparse.Namespace, session: bench.Session) -> str:
     load_before = _load()
     rpc, hello = bench._start_child(
@@ -210,15 +282,11 @@ def run_figures(args: argparse.Namespace, session: bench.Session) -> str:
         measure_fs_copy(session, server, target, run, "mkwfs", _py_spy(args))
         measure_fs_copy(session, server, target, run, "mkwfs", _strace(args))
         return _table(run, server, load_before)
-    conf = _curl_config(session, server)
+    peer_url, peer_counter = _peer(args, session, server)
+    conf = _curl_config(session, server, peer_url if args.peer_server == "nginx" else None)
     rclone: bench.Target | None = None
     if "rclone" in only and shutil.which("rclone"):
-        drpc, dhello = bench._start_child(
-            session, ["_dirserver", os.fspath(bench._peer_tree(session, server))], 60
-        )
-        rclone = bench.rclone_target(
-            session, dhello["url"], bench.RpcCounter(drpc, "directory server"), "off"
-        )
+        rclone = bench.rclone_target(session, peer_url, peer_counter, "off")
     mkwfs = bench.mkwfs_target(session, server, debug_log=False)
     for index in range(args.runs):
         bench._log(f"run {index + 1} of {args.runs}")
@@ -235,7 +303,11 @@ def run_figures(args: argparse.Namespace, session: bench.Session) -> str:
             measure_fs_copy(session, server, mkwfs, run, "mkwfs")
         if "prefetch" in only:
             measure_prefetch(session, server, mkwfs, run)
-    return _table(run, server, load_before)
+    return _table(run, server, load_before) + (
+        f"\ncurl and rclone against {args.peer_server}; mkwfs against the emulator"
+        if args.peer_server == "nginx"
+        else "\ncurl and mkwfs against the emulator, rclone against bench.py's directory server"
+    )
 
 
 def _table(run: Run, server: bench.Server, load_before: str) -> str:
@@ -277,6 +349,13 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(FIGURES),
         type=lambda s: [f for f in s.split(",") if f],
         help=f"figures to measure, of {','.join(FIGURES)} (default all)",
+    )
+    parser.add_argument(
+        "--peer-server",
+        choices=("dirapp", "nginx"),
+        default="dirapp",
+        help="static server for rclone (and, with nginx, for curl too): bench.py's directory "
+        "server on the emulator's LoopServer (default), or nginx",
     )
     parser.add_argument("--profile", type=Path, help="py-spy + strace -c of mkwfs cp -r into DIR")
     parser.add_argument("--py-spy", default="/work/tools/bin/py-spy", help="py-spy binary")

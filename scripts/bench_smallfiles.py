@@ -141,7 +141,20 @@ def measure_fs_copy(
     n = len(server.large_files)
     run.add(f"{name} cp -r", elapsed)
     run.add(f"{name} CPU ms/file", 1000 * cpu / n)
-    run.notes[f"{name} requests"] = counted.describe()
+    goal = _request_goal(counted, n) if name == "mkwfs" else ""
+    run.notes[f"{name} requests"] = f"{counted.describe()}{goal}"
+
+
+def _request_goal(counted: bench.Counts, n: int) -> str:
+    """Issue 13's bound for N cold files: no more than 1 list + N HEAD + N GET."""
+    within = (
+        counted.of_kind("list") <= 1
+        and counted.of_kind("probe") <= n
+        and counted.of_kind("download") <= n
+        and counted.of_kind("list") + counted.of_kind("probe") + counted.of_kind("download")
+        == counted.total
+    )
+    return f" ({'within' if within else 'MISS:'} <= 1 list + {n} probe + {n} download)"
 
 
 def measure_prefetch(
@@ -159,7 +172,9 @@ def measure_prefetch(
         counted = target.counter.snapshot() - before
     run.add("mkwfs prefetch", elapsed)
     run.add("mkwfs prefetch CPU ms/file", 1000 * cpu / len(server.large_files))
-    run.notes["mkwfs prefetch requests"] = counted.describe()
+    run.notes["mkwfs prefetch requests"] = (
+        f"{counted.describe()}{_request_goal(counted, len(server.large_files))}"
+    )
 
 
 def _py_spy(args: argparse.Namespace) -> Callable[[int], Callable[[], None]]:

@@ -12,7 +12,11 @@ Figures (medians of ``--runs``, each mkwfs/rclone run on a fresh cache and a fre
   server is bench.py's directory server, symlinks to the emulator's bodies);
 * mkwfs ``cp -r`` of the build, with the daemon's CPU seconds per file (utime + stime of
   the daemon from /proc/<pid>/stat) and the requests the emulator counted;
-* ``mkwfs prefetch`` of the build (default ``-j``), on a fresh mount.
+* ``mkwfs prefetch`` of the build (default ``-j``), on a fresh mount;
+* ``big``: cold readers of different ~32 MiB files at once, aggregate MiB/s, for curl (one
+  process a file, from the emulator), rclone and mkwfs. The emulator has only two such
+  files (its big ZIP, run here at 32 MiB, and MEDIUM_FILE): issue 13's four readers need
+  two more 32 MiB files in the emulator's dataset.
 
 It reuses bench.py's machinery (Session, the emulator child, the directory server, the
 mount helpers), so the servers, cleanup and timeouts are the same as there. ``--profile DIR``
@@ -40,7 +44,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench
 
-FIGURES = ("curl", "rclone", "mkwfs", "prefetch")
+FIGURES = ("curl", "rclone", "mkwfs", "prefetch", "big")
+#: The emulator's big ZIP here: 32 MiB, so that it and MEDIUM_FILE make two 32 MiB readers.
+BIG_SIZE = 32 * bench.MiB
 CURL_PARALLEL = 16
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -177,6 +183,35 @@ def measure_prefetch(
     )
 
 
+def measure_big(
+    session: bench.Session, server: bench.Server, target: bench.Target, run: Run
+) -> None:
+    """Cold readers of the different ~32 MiB files at once (the emulator has two: the big
+    ZIP at 32 MiB and MEDIUM_FILE), aggregate MiB/s."""
+    files = (server.big, server.medium)
+    with target.mount(session.new_dir(f"{target.column}-big-cache")) as mnt:
+        elapsed, reads = bench.read_concurrently([mnt.path / f.rel for f in files])
+    run.add(f"{target.column} {len(files)} big readers MiB/s", _aggregate(elapsed, reads))
+
+
+def _aggregate(elapsed: float, reads: Sequence[bench.Read]) -> float:
+    return sum(r.size for r in reads) / bench.MiB / elapsed
+
+
+def measure_curl_big(session: bench.Session, server: bench.Server, run: Run) -> None:
+    files = (server.big, server.medium)
+    auth = f"Authorization: Bearer {server.token}"
+    started = time.monotonic()
+    processes = [
+        subprocess.Popen(["curl", "-sf", "-H", auth, "-o", "/dev/null", server.download_url(f)])
+        for f in files
+    ]
+    if any(p.wait(session.step_timeout) for p in processes):
+        raise bench.BenchError("curl of a big file failed")
+    size = sum(server.body_paths[f.download_id].stat().st_size for f in files)
+    run.add(f"curl {len(files)} big readers MiB/s", size / bench.MiB / (time.monotonic() - started))
+
+
 def _py_spy(args: argparse.Namespace) -> Callable[[int], Callable[[], None]]:
     def start(pid: int) -> Callable[[], None]:
         out = args.profile / "pyspy.txt"
@@ -278,9 +313,7 @@ def _peer(
 
 def run_figures(args: argparse.Namespace, session: bench.Session) -> str:
     load_before = _load()
-    rpc, hello = bench._start_child(
-        session, ["_emulator", "--big-file-size", str(bench.QUICK_BIG_FILE_SIZE)], 600
-    )
+    rpc, hello = bench._start_child(session, ["_emulator", "--big-file-size", str(BIG_SIZE)], 600)
     counter = bench.RpcCounter(rpc, "emulator counters")
     server = bench.describe_server(
         hello["url"], hello["token"], counter, bench._parser().parse_args([])
@@ -318,6 +351,11 @@ def run_figures(args: argparse.Namespace, session: bench.Session) -> str:
             measure_fs_copy(session, server, mkwfs, run, "mkwfs")
         if "prefetch" in only:
             measure_prefetch(session, server, mkwfs, run)
+        if "big" in only:
+            measure_curl_big(session, server, run)
+            if rclone is not None:
+                measure_big(session, server, rclone, run)
+            measure_big(session, server, mkwfs, run)
     return _table(run, server, load_before) + (
         f"\ncurl and rclone against {args.peer_server}; mkwfs against the emulator"
         if args.peer_server == "nginx"
@@ -337,16 +375,25 @@ def _table(run: Run, server: bench.Server, load_before: str) -> str:
     seq = run.median("curl sequential")
     par = run.median(f"curl --parallel {CURL_PARALLEL}")
     peer = run.median("rclone off cp -r")
+    big_curl = next((run.median(k) for k in run.values if k.startswith("curl 2 big")), None)
+    big_peer = next((run.median(k) for k in run.values if k.startswith("rclone off 2 big")), None)
     for name, values in run.values.items():
         value = statistics.median(values)
-        unit = "ms" if "CPU" in name else "s"
+        rate = "MiB/s" in name
+        unit = "ms" if "CPU" in name else "" if rate else "s"
 
         def ratio(base: float | None, name: str = name, value: float = value) -> str:
-            return "" if base is None or "CPU" in name else f"{value / base:.1f}x"
+            return "" if base is None or "CPU" in name else f"{value / base:.2f}x"
 
+        # A rate's ratios (higher is better): to curl's in the first column, rclone's last.
+        cells = (
+            (ratio(big_curl), "", ratio(big_peer))
+            if rate
+            else (ratio(seq), ratio(par), ratio(peer))
+        )
         lines.append(
             f"| {name} | {value:.3f} {unit} | {', '.join(f'{v:.3f}' for v in values)} | "
-            f"{'; '.join(run.loads[name])} | {ratio(seq)} | {ratio(par)} | {ratio(peer)} |"
+            f"{'; '.join(run.loads[name])} | {' | '.join(cells)} |"
         )
     for name, text in run.notes.items():
         lines.append(f"{name} (last run): {text}")

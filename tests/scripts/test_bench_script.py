@@ -20,3 +20,31 @@ def test_bench_help_lists_its_options() -> None:
     assert result.returncode == 0, result.stderr
     for option in ("--quick", "--api-url", "--token-file", "--big-file", "--step-timeout"):
         assert option in result.stdout
+
+
+SMALLFILES = BENCH.with_name("bench_smallfiles.py")
+
+
+def test_smallfiles_bench_help_lists_its_figures() -> None:
+    result = subprocess.run(
+        [sys.executable, str(SMALLFILES), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for word in ("--runs", "--only", "--profile", "curl,rclone,mkwfs,prefetch"):
+        assert word in result.stdout
+
+
+def test_smallfiles_bench_refuses_an_unknown_figure() -> None:
+    result = subprocess.run(
+        [sys.executable, str(SMALLFILES), "--only", "mkwfs,nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "nonsense" in result.stderr

@@ -19,17 +19,16 @@ Neither a token nor a password ever appears in a message, a log line or a ``repr
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
-from contextlib import aclosing, asynccontextmanager
-from typing import Any, Protocol, TypeVar, overload
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import httpx
 
 from mkwfs.remote.auth import Credentials
-from mkwfs.remote.errors import ConfigError, HTTPStatusError, ProtocolError
+from mkwfs.remote.errors import ConfigError, ProtocolError
 from mkwfs.remote.failures import map_httpx_error, protocol_error, public_url, read_body, where
-from mkwfs.remote.headers import MAX_BODY_SIZE, content_info, content_range, plain_head_info
+from mkwfs.remote.headers import MAX_BODY_SIZE, content_info, content_range
 from mkwfs.remote.models import Build, ContentInfo, Download, parse_build, parse_download
 from mkwfs.remote.payloads import (
     JSON_BODY_LIMIT,
@@ -39,9 +38,9 @@ from mkwfs.remote.payloads import (
     decode_json,
     json_object,
 )
+from mkwfs.remote.probes import NO_HEAD_STATUSES, HeadBatches, SizeProbes
 from mkwfs.remote.retry import RETRYABLE_STATUSES, RetryPolicy, is_transient, retrying
 from mkwfs.remote.session import ApiSession, ApiStats
-from mkwfs.remote.transport import Head
 
 __all__ = [
     "JSON_BODY_LIMIT",
@@ -61,22 +60,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Statuses with which a server says it does not do ``HEAD``.
-NO_HEAD_STATUSES = frozenset({405, 501})
 _DEFAULT_RETRY = RetryPolicy()
-
-
-class HeadBatches(Protocol):
-    """A transport's batch of ``HEAD`` requests (`CurlTransport.heads`)."""
-
-    def heads(
-        self,
-        urls: Sequence[str],
-        headers: Mapping[str, str],
-        *,
-        at_once: int,
-        per_request: httpx.Timeout,
-    ) -> AsyncGenerator[tuple[int, Head], None]: ...
 
 
 class DownloadStream:
@@ -162,9 +146,7 @@ class ApiClient:
         if not credentials.token and not credentials.can_login:
             raise ConfigError("the API needs a token, or an email and a password")
         self._session = ApiSession(http, str(url).rstrip("/"), credentials)
-        self._heads = heads
-        #: The server answered a HEAD with 405 or 501: probes go straight to a GET.
-        self._no_head = False
+        self._probes = SizeProbes(self._session, retry, heads)
         self._credentials = credentials
         self._retry = retry
         self._page_limit = page_limit
@@ -248,30 +230,11 @@ class ApiClient:
         """Size, range support and filename of a download, without downloading its body.
 
         ``HEAD``; when the server does not do ``HEAD`` (405/501), a ``GET`` with
-        ``Range: bytes=0-0`` whose body is never read.
+        ``Range: bytes=0-0`` of which at most the one byte is read (`probes`).
         """
-        path = f"/api/v1/downloads/{download_id}"
-        if not self._no_head:
-            try:
-                return await retrying(self._retry, lambda: self._probe(path, "HEAD", {}))
-            except HTTPStatusError as exc:
-                if exc.status not in NO_HEAD_STATUSES:
-                    raise
-                self._no_head = True
-        return await retrying(self._retry, lambda: self._probe(path, "GET", {"Range": "bytes=0-0"}))
+        return await self._probes.probe(download_id)
 
-    async def _probe(self, path: str, method: str, headers: Mapping[str, str]) -> ContentInfo:
-        """One probe request. A whole body is never read; an empty one (HEAD) or a one-byte
-        range is, so that the connection goes back to the pool instead of being closed."""
-        async with self._session.exchange(
-            method, path, headers={"Accept-Encoding": "identity", **headers}
-        ) as response:
-            info = _content_info(response, asked_range="Range" in headers)
-            if method == "HEAD" or response.status_code == 206:
-                await read_body(response)
-            return info
-
-    async def probe_downloads(
+    def probe_downloads(
         self, download_ids: Sequence[int], *, at_once: int
     ) -> AsyncGenerator[tuple[int, ContentInfo | None], None]:
         """Probe many downloads, ``at_once`` at a time (a directory's sizes), yielding each
@@ -285,40 +248,7 @@ class ApiClient:
         retries and servers without ``HEAD``. Without a batch path, or once the server
         refused ``HEAD``, every id is yielded with None.
         """
-        heads = self._heads
-        if heads is None or self._no_head or not download_ids:
-            for download_id in download_ids:
-                yield download_id, None
-            return
-        session = self._session
-        token = await session.auth.current()
-        headers = {
-            **session.http.headers,
-            "Accept-Encoding": "identity",
-            "Authorization": f"Bearer {token}",
-        }
-        answered: set[int] = set()
-        started = time.perf_counter()
-        batch = heads.heads(
-            _DownloadUrls(download_ids, session.url("/api/v1/downloads/")),
-            headers,
-            at_once=at_once,
-            per_request=session.http.timeout,
-        )
-        async with aclosing(batch) as answers:
-            async for index, head in answers:
-                answered.add(index)
-                download_id = download_ids[index]
-                session.count_head(f"HEAD /api/v1/downloads/{download_id}", head, started)
-                if head.status in NO_HEAD_STATUSES:
-                    self._no_head = True
-                info = None if head.error else plain_head_info(head.status, head.headers)
-                yield download_id, info
-                if info is None:
-                    break
-        for index, download_id in enumerate(download_ids):
-            if index not in answered:
-                yield download_id, None
+        return self._probes.probe_many(download_ids, at_once=at_once)
 
     # -- bodies ---------------------------------------------------------------------------
 
@@ -356,27 +286,6 @@ class ApiClient:
 
 
 # -- helpers without state --------------------------------------------------------------------
-
-
-class _DownloadUrls(Sequence[str]):
-    """The URLs of ``download_ids`` under ``prefix``, made as they are read: a batch of
-    probes reads them as it goes, and takes ids added to the list meanwhile."""
-
-    def __init__(self, download_ids: Sequence[int], prefix: str) -> None:
-        self._ids = download_ids
-        self._prefix = prefix
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[str]: ...
-    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
-        if isinstance(index, slice):
-            return [f"{self._prefix}{i}" for i in self._ids[index]]
-        return f"{self._prefix}{self._ids[index]}"
 
 
 def _parsed(parse: Callable[[object], T], item: object, request: httpx.Request) -> T:

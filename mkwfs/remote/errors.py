@@ -16,6 +16,7 @@
     │       ├── NotFound            404                               ENOENT
     │       ├── RateLimited         429 (.retry_after seconds, or None)
     │       └── ServerError         5xx and any other unexpected status
+    │           └── RangeNotSatisfiable 416, or Feathers' 500 for it: no byte at the start
     ├── ContentError                the local content cache failed (disk full, I/O)
     ├── ArchiveError                a download is not a readable ZIP (corrupt, unsupported)
     ├── NoSuchEntry                 no such name or inode in the tree             ENOENT
@@ -158,3 +159,21 @@ class RateLimited(HTTPStatusError):
 
 class ServerError(HTTPStatusError):
     """5xx, or any status the client has no better name for."""
+
+
+class RangeNotSatisfiable(ServerError):
+    """The file has no byte where the range asked for starts: 416, or the 500
+    ``GeneralError`` "Range Not Satisfiable" that Feathers' error handler makes of Express's
+    416. ``size`` is the file's size when the answer said it (``Content-Range: bytes */N``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        status: int,
+        server_message: str = "",
+        size: int | None = None,
+    ) -> None:
+        super().__init__(message, url=url, status=status, server_message=server_message)
+        self.size = size

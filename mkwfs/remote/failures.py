@@ -25,12 +25,13 @@ from mkwfs.remote.errors import (
     NotFound,
     PermissionDenied,
     ProtocolError,
+    RangeNotSatisfiable,
     RateLimited,
     ServerError,
     TokenRejected,
     TransportError,
 )
-from mkwfs.remote.headers import retry_after
+from mkwfs.remote.headers import readable_length, retry_after
 from mkwfs.remote.payloads import JSON_BODY_LIMIT
 
 __all__ = [
@@ -56,8 +57,11 @@ SERVER_MESSAGE_LIMIT = 200
 _ERROR_CLASSES: Mapping[int, type[HTTPStatusError]] = {
     403: PermissionDenied,
     404: NotFound,
+    416: RangeNotSatisfiable,
     429: RateLimited,
 }
+#: What Feathers' 500 says when Express refused a range with 416 (`send`'s message for it).
+_FEATHERS_416_MESSAGE = "range not satisfiable"
 
 
 def public_url(request: httpx.Request) -> str:
@@ -106,7 +110,8 @@ async def read_body(response: httpx.Response) -> bytes:
 async def raise_for_status(response: httpx.Response, *, can_login: bool) -> None:
     """Raise the ``HTTPStatusError`` for an error status; nothing for a success. A 401 is
     ``TokenRejected`` without credentials to log in again (``can_login``), else the
-    refusal of a token fresh from login."""
+    refusal of a token fresh from login. A 416, or a Feathers 500 that says "Range Not
+    Satisfiable" to a ``Range`` request, is ``RangeNotSatisfiable``."""
     if response.is_success:
         return
     status = response.status_code
@@ -118,7 +123,16 @@ async def raise_for_status(response: httpx.Response, *, can_login: bool) -> None
         prefix, error_class = "the API rejected a token fresh from login", AuthenticationError
     else:
         prefix, error_class = "", _ERROR_CLASSES.get(status, ServerError)
-    raise await status_error(response, error_class, prefix=prefix)
+    error = await status_error(response, error_class, prefix=prefix)
+    if (
+        status == 500
+        and "range" in response.request.headers
+        and error.server_message.lower() == _FEATHERS_416_MESSAGE
+    ):
+        error = RangeNotSatisfiable(
+            str(error), url=error.url, status=status, server_message=error.server_message
+        )
+    raise error
 
 
 async def status_error(
@@ -149,7 +163,18 @@ async def status_error(
             server_message=said,
             retry_after=retry_after(response.headers.get("Retry-After")),
         )
+    if error_class is RangeNotSatisfiable:
+        return RangeNotSatisfiable(
+            message, url=url, status=status, server_message=said, size=_unsatisfied_size(response)
+        )
     return error_class(message, url=url, status=status, server_message=said)
+
+
+def _unsatisfied_size(response: httpx.Response) -> int | None:
+    """The size a 416 gives (``Content-Range: bytes */N``), None when it gives none."""
+    value = response.headers.get("Content-Range", "").strip()
+    unit, _, size = value.partition(" */")
+    return readable_length(size) if unit.lower() == "bytes" else None
 
 
 async def _read_error_body(response: httpx.Response) -> bytes:

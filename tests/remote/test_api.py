@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -27,12 +26,9 @@ from mkwfs.remote.errors import (
     ServerError,
     TransportError,
 )
-from mkwfs.remote.models import ContentInfo
 from tests.remote.support import (
     BASE,
     EMAIL,
-    GET,
-    HEAD,
     LIMIT,
     NO_RETRY,
     Handler,
@@ -196,116 +192,6 @@ async def test_list_filters_are_sent_as_query(emulator: Emulator) -> None:
     }
 
 
-# -- probe_download ---------------------------------------------------------------------------
-
-
-async def test_probe_with_head(emulator: Emulator, demo_file: tuple[int, bytes]) -> None:
-    download_id, body = demo_file
-    size = len(body)
-    async with open_api(emulator.mock_transport(), login_credentials()) as api:
-        info = await api.probe_download(download_id)
-    assert info.size == size
-    assert info.accepts_ranges
-    assert info.filename
-    assert emulator.requests["HEAD /api/v1/downloads/:id"] == 1
-    assert emulator.requests["GET /api/v1/downloads/:id"] == 0
-
-
-@pytest.mark.parametrize(
-    ("ranges", "content_length", "size_known", "accepts_ranges"),
-    [(True, True, True, True), (False, True, True, False), (False, False, False, False)],
-)
-async def test_probe_without_head_reads_no_body(
-    emulator: Emulator,
-    demo_file: tuple[int, bytes],
-    ranges: bool,
-    content_length: bool,
-    size_known: bool,
-    accepts_ranges: bool,
-) -> None:
-    with_config(emulator, head=False, ranges=ranges, content_length=content_length)
-    download_id, body = demo_file
-    size = len(body)
-    async with open_api(emulator.mock_transport(), login_credentials()) as api:
-        info = await api.probe_download(download_id)
-    assert info.size == (size if size_known else None)
-    assert info.accepts_ranges is accepts_ranges
-    assert emulator.requests["HEAD /api/v1/downloads/:id"] == 1
-    assert emulator.requests["GET /api/v1/downloads/:id"] == 1
-    assert api.requests == emulator.requests
-    assert emulator.bytes_sent <= 1
-
-
-async def test_probe_of_a_forbidden_download(emulator: Emulator) -> None:
-    download_id = emulator.downloads_of(FORBIDDEN_BUILD)[0]["id"]
-    async with open_api(emulator.mock_transport(), login_credentials()) as api:
-        with pytest.raises(PermissionDenied):
-            await api.probe_download(download_id)
-
-
-async def test_probe_falls_back_on_501_and_reads_only_the_one_byte_range() -> None:
-    body_reads: list[bool] = []
-
-    class Body(httpx.AsyncByteStream):
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            body_reads.append(True)
-            yield b"P"
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.method == "HEAD":
-            return httpx.Response(501)
-        assert request.headers["Range"] == "bytes=0-0"
-        return httpx.Response(206, headers={"Content-Range": "bytes 0-0/12345"}, stream=Body())
-
-    async with open_api(handler) as api:
-        info = await api.probe_download(1)
-    assert (info.size, info.accepts_ranges) == (12345, True)
-    assert api.requests == {"HEAD /api/v1/downloads/:id": 1, "GET /api/v1/downloads/:id": 1}
-    assert body_reads == [True]  # one byte, read so that the connection can be reused
-
-
-async def test_probe_never_reads_a_whole_body_from_a_server_ignoring_range() -> None:
-    body_reads: list[bool] = []
-
-    class Body(httpx.AsyncByteStream):
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            body_reads.append(True)
-            yield b"P" * 12345
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.method == "HEAD":
-            return httpx.Response(405)
-        return httpx.Response(200, headers={"Content-Length": "12345"}, stream=Body())
-
-    async with open_api(handler) as api:
-        info = await api.probe_download(1)
-    assert (info.size, info.accepts_ranges) == (12345, False)
-    assert not body_reads
-
-
-@pytest.mark.parametrize(
-    ("disposition", "filename"),
-    [
-        ('attachment; filename="CORE_DV.zip"', "CORE_DV.zip"),
-        ('ATTACHMENT;filename = " x y.zip";', " x y.zip"),
-        ('attachment; filename=""', None),
-        ("attachment; filename=plain.zip", "plain.zip"),
-        ('attachment; filename="a\\"b.zip"', 'a"b.zip'),
-        ("attachment; filename=\"a?.zip\"; filename*=UTF-8''%C3%A4%20b.zip", "ä b.zip"),
-        ("attachment; filename*=utf-8'de'%C3%BC.zip", "ü.zip"),
-        ("attachment", None),
-        (None, None),
-    ],
-)
-async def test_probe_reads_the_filename(disposition: str | None, filename: str | None) -> None:
-    headers = {"Content-Length": "10", "Accept-Ranges": "bytes"}
-    if disposition is not None:
-        headers["Content-Disposition"] = disposition
-    async with open_api(lambda request: httpx.Response(200, headers=headers)) as api:
-        info = await api.probe_download(1)
-    assert (info.size, info.accepts_ranges, info.filename) == (10, True, filename)
-
-
 # -- open_download ----------------------------------------------------------------------------
 
 
@@ -404,86 +290,6 @@ async def test_over_real_http(emulator: Emulator, demo_file: tuple[int, bytes]) 
                 await read_all(api, download_id)
             assert len(await api.list_downloads(DEMO_BUILD)) > 1
     assert api.requests == emulator.requests
-
-
-# -- probe_downloads (the batch path of the mount's transport) ---------------------------------
-
-
-@asynccontextmanager
-async def open_batch_api(
-    url: str, credentials: Credentials, *, batch: bool = True
-) -> AsyncIterator[ApiClient]:
-    """An ApiClient over real HTTP, as the mount has it: with the transport's batch path."""
-    async with open_http_client() as http:
-        yield ApiClient(http, url, credentials, NO_RETRY, heads=http.curl if batch else None)
-
-
-async def probe_all(
-    api: ApiClient, ids: list[int], at_once: int = 8
-) -> dict[int, ContentInfo | None]:
-    found: dict[int, ContentInfo | None] = {}
-    with trio.fail_after(30):
-        async for download_id, info in api.probe_downloads(ids, at_once=at_once):
-            assert download_id not in found
-            found[download_id] = info
-    assert sorted(found) == sorted(ids)
-    return found
-
-
-async def test_a_batch_probe_says_what_single_probes_say(emulator: Emulator) -> None:
-    ids = [d["id"] for d in emulator.downloads_of(LARGE_BUILD)[:50]]
-    with serve_in_thread(emulator) as url:
-        async with open_batch_api(url, Credentials(token=emulator.issue_token())) as api:
-            found = await probe_all(api, ids)
-            single = {i: await api.probe_download(i) for i in ids}
-    assert found == single
-    assert all(info is not None and info.size and info.filename for info in found.values())
-    assert emulator.requests[HEAD] == 2 * len(ids)
-    assert api.requests == emulator.requests
-
-
-@pytest.mark.parametrize("status", [401, 404, 429, 503])
-async def test_a_batch_probe_stops_at_an_answer_it_cannot_take(
-    emulator: Emulator, status: int
-) -> None:
-    ids = [d["id"] for d in emulator.downloads_of(LARGE_BUILD)[:100]]
-    emulator.fail_next(HEAD, status)
-    with serve_in_thread(emulator) as url:
-        async with open_batch_api(url, Credentials(token=emulator.issue_token())) as api:
-            found = await probe_all(api, ids)
-    sizes = {i: emulator.body_path(i).stat().st_size for i in ids}
-    told = {i: info.size for i, info in found.items() if info is not None}
-    assert told.items() <= sizes.items()
-    assert len(told) < len(ids)  # the failed one, and all after it, are left to probe_download
-    assert emulator.requests[HEAD] <= len(told) + 1 + 8  # nothing sent after the stop
-    assert api.stats.failures[f"HTTP {status}"] == 1
-
-
-async def test_a_batch_probe_on_a_server_without_head_sends_no_more_heads(
-    emulator: Emulator, demo_file: tuple[int, bytes]
-) -> None:
-    download_id, whole = demo_file
-    ids = [d["id"] for d in emulator.downloads_of(DEMO_BUILD)]
-    with_config(emulator, head=False)
-    with serve_in_thread(emulator) as url:
-        async with open_batch_api(url, Credentials(token=emulator.issue_token())) as api:
-            # One at a time: the first answer (a 405) stops the batch before a second HEAD.
-            assert set((await probe_all(api, ids, at_once=1)).values()) == {None}
-            # Once refused, HEAD is not tried again: by the batch, nor by a single probe.
-            assert set((await probe_all(api, ids, at_once=1)).values()) == {None}
-            assert (await api.probe_download(download_id)).size == len(whole)
-    assert emulator.requests[HEAD] == 1
-    assert emulator.requests[GET] == 1
-
-
-async def test_without_a_batch_path_every_probe_is_left_to_probe_download(
-    emulator: Emulator,
-) -> None:
-    ids = [d["id"] for d in emulator.downloads_of(DEMO_BUILD)]
-    with serve_in_thread(emulator) as url:
-        async with open_batch_api(url, Credentials(token="t"), batch=False) as api:
-            assert set((await probe_all(api, ids)).values()) == {None}
-    assert sum(emulator.requests.values()) == 0
 
 
 async def test_a_short_body_is_a_protocol_error() -> None:

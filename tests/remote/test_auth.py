@@ -148,3 +148,87 @@ async def test_login_posts_the_local_strategy() -> None:
     async with open_api(handler, login_credentials()) as api:
         await api.login()
     assert posted == [{"strategy": "local", "email": EMAIL, "password": PASSWORD}]
+
+
+# -- Feathers' answers ------------------------------------------------------------------------
+
+#: What Feathers 5.0.50's local strategy answers to a good login: one token, at the top.
+FEATHERS_LOGIN = {
+    "accessToken": "header.payload.signature",
+    "authentication": {
+        "strategy": "local",
+        "payload": {"iat": 1, "exp": 2, "aud": "https://x", "sub": "1", "jti": "j"},
+    },
+    "user": {"id": 1, "email": EMAIL},
+}
+
+
+def feathers_401(message: str, data_name: str | None = None) -> httpx.Response:
+    body: dict[str, Any] = {
+        "name": "NotAuthenticated",
+        "message": message,
+        "code": 401,
+        "className": "not-authenticated",
+    }
+    if data_name is not None:
+        body["data"] = {"name": data_name, "message": message}
+    return json_response(body, 401)
+
+
+async def test_the_login_token_is_the_top_level_access_token() -> None:
+    tokens: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/authentication":
+            return json_response(FEATHERS_LOGIN, 201)
+        tokens.append(request.headers["Authorization"])
+        return json_response([])
+
+    async with open_api(handler, login_credentials()) as api:
+        await api.list_builds()
+    assert api.token == "header.payload.signature"
+    assert tokens == ["Bearer header.payload.signature"]
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [Credentials(email=EMAIL, password="wrong"), Credentials(email="nobody@x", password=PASSWORD)],
+)
+async def test_feathers_invalid_login_is_login_failed(credentials: Credentials) -> None:
+    async with open_api(lambda request: feathers_401("Invalid login"), credentials) as api:
+        with pytest.raises(LoginFailed) as caught:
+            await api.login()
+    assert (caught.value.status, caught.value.server_message) == (401, "Invalid login")
+
+
+@pytest.mark.parametrize(
+    ("message", "data_name"),
+    [
+        ("jwt malformed", "JsonWebTokenError"),
+        ("invalid signature", "JsonWebTokenError"),
+        ("invalid token", "JsonWebTokenError"),
+        ("jwt expired", "TokenExpiredError"),
+        ("Not authenticated", None),
+    ],
+)
+async def test_feathers_token_errors(message: str, data_name: str | None) -> None:
+    async with open_api(lambda request: feathers_401(message, data_name)) as api:
+        with pytest.raises(TokenRejected) as caught:
+            await api.list_builds()
+    assert (caught.value.status, caught.value.server_message) == (401, message)
+    assert str(caught.value).startswith("the API rejected the token; get a new one")
+
+    logins: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/authentication":
+            logins.append(1)
+            return json_response(FEATHERS_LOGIN, 201)
+        if request.headers["Authorization"] != "Bearer header.payload.signature":
+            return feathers_401(message, data_name)
+        return json_response([{"id": 5}])
+
+    credentials = replace(login_credentials(), token="stale")
+    async with open_api(handler, credentials) as api:
+        assert [build.id for build in await api.list_builds()] == [5]
+    assert logins == [1]

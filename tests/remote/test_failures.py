@@ -15,11 +15,12 @@ from mkwfs.remote.errors import (
     HTTPStatusError,
     NotFound,
     PermissionDenied,
+    RangeNotSatisfiable,
     RateLimited,
     ServerError,
     TransportError,
 )
-from tests.remote.support import BASE, LIMIT, login_credentials, open_api
+from tests.remote.support import BASE, LIMIT, login_credentials, open_api, read_all
 
 # -- error statuses ---------------------------------------------------------------------------
 
@@ -141,3 +142,36 @@ async def test_transport_failures_are_transport_errors(failure: httpx.TransportE
     assert type(failure).__name__ in str(caught.value)
     assert caught.value.__cause__ is failure
     assert api.requests["GET /api/v1/builds/:id"] == 1
+
+
+# -- unsatisfiable ranges ---------------------------------------------------------------------
+
+FEATHERS_416 = {
+    "name": "GeneralError",
+    "message": "Range Not Satisfiable",
+    "code": 500,
+    "className": "general-error",
+}
+
+
+async def test_feathers_500_for_an_unsatisfiable_range_is_range_not_satisfiable() -> None:
+    async with open_api(lambda request: httpx.Response(500, json=FEATHERS_416)) as api:
+        with pytest.raises(RangeNotSatisfiable) as caught:
+            await read_all(api, 1, 5000)
+    assert (caught.value.status, caught.value.size) == (500, None)
+    assert caught.value.server_message == "Range Not Satisfiable"
+
+
+async def test_a_500_without_a_range_stays_a_server_error() -> None:
+    async with open_api(lambda request: httpx.Response(500, json=FEATHERS_416)) as api:
+        with pytest.raises(ServerError) as caught:
+            await read_all(api, 1)
+    assert type(caught.value) is ServerError
+
+
+async def test_a_416_gives_the_size(emulator: Emulator, demo_file: tuple[int, bytes]) -> None:
+    download_id, whole = demo_file
+    async with open_api(emulator.mock_transport(), login_credentials()) as api:
+        with pytest.raises(RangeNotSatisfiable) as caught:
+            await read_all(api, download_id, len(whole) + 10)
+    assert (caught.value.status, caught.value.size) == (416, len(whole))

@@ -17,7 +17,6 @@ import trio.testing
 
 from mkwfs.emulator import DEMO_BUILD, FORBIDDEN_BUILD, LARGE_BUILD, Emulator, serve_in_thread
 from mkwfs.remote.api import PAGE_LIMIT, ApiClient, Credentials, RetryPolicy
-from mkwfs.remote.client import open_http_client
 from mkwfs.remote.errors import (
     ConfigError,
     NotFound,

@@ -20,8 +20,8 @@ from mkwfs.emulator import (
     EmulatorConfig,
     serve_in_thread,
 )
-from mkwfs.fuse.mount import open_http_client
 from mkwfs.remote.api import ApiClient, Credentials
+from mkwfs.remote.client import open_http_client
 from mkwfs.remote.errors import PermissionDenied, RangeNotSatisfiable, ServerError
 from mkwfs.remote.models import ContentInfo
 from tests.remote.support import (

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import os
 import shutil
@@ -111,7 +112,9 @@ class Processes:
 
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start(self, argv: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    def start(
+        self, argv: Sequence[str], env: dict[str, str], log: Path
+    ) -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:
             process = subprocess.Popen(
                 argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
@@ -207,7 +210,8 @@ class Desktop:
 
     def has_bus_name(self, name: str) -> bool:
         argv = ["gdbus", "call", "--session", "--dest", "org.freedesktop.DBus", "--object-path",
-                "/org/freedesktop/DBus", "--method", "org.freedesktop.DBus.NameHasOwner", name]  # fmt: skip
+                "/org/freedesktop/DBus", "--method", "org.freedesktop.DBus.NameHasOwner",
+                name]  # fmt: skip
         done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=10)
         return "true" in done.stdout
 
@@ -313,7 +317,8 @@ class FileManager:
     def start(self) -> None:
         argv = list(self.argv)
         if self.strace is not None:
-            argv = ["strace", "-f", "-tt", "-e", "trace=%file,%desc", "-o", str(self.strace), *argv]
+            trace = ["strace", "-f", "-tt", "-e", "trace=%file,%desc", "-o", str(self.strace)]
+            argv = [*trace, *argv]
         self.process = self.processes.start(argv, self.desktop.env, self.log)
         if not wait_until(lambda: self.desktop.has_bus_name("org.freedesktop.FileManager1"), 30):
             raise RuntimeError(f"{self.name} did not take org.freedesktop.FileManager1")
@@ -353,7 +358,7 @@ class Thunar(FileManager):
 MANAGERS: dict[str, type[FileManager]] = {"nautilus": Nautilus, "thunar": Thunar}
 
 
-def run_ls(path: Path, action: str) -> None:
+def run_ls(path: Path, *, action: str) -> None:
     """``ls -l`` of the action's directory (``properties``: ``stat`` of its file)."""
     argv = ["stat", str(path)] if action == "properties" else ["ls", "-l", str(path) + "/"]
     subprocess.run(argv, capture_output=True, timeout=60, check=False)
@@ -369,6 +374,7 @@ class Rig:
     mkwfs_args: Sequence[str]
     quiet: float
     strace: bool
+    actions: Sequence[str] = ACTIONS
     counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     def measure(self, program: str, action: str, do: Callable[[Path], None]) -> None:
@@ -384,17 +390,17 @@ class Rig:
             print(f"{program:9} {action:11} {kinds}", flush=True)
 
     def baseline(self) -> None:
-        for action in ACTIONS:
-            self.measure("baseline", action, lambda path, a=action: run_ls(path, a))
+        for action in self.actions:
+            self.measure("baseline", action, functools.partial(run_ls, action=action))
 
     def program(self, name: str) -> None:
-        for action in ACTIONS:
+        for action in self.actions:
             strace = self.results / f"{name}-{action}.strace" if self.strace else None
             manager = MANAGERS[name](self.desktop, self.processes,
                                      self.results / f"{name}.log", strace)  # fmt: skip
             manager.start()
             try:
-                self.measure(name, action, lambda path, a=action: self._act(manager, a, path))
+                self.measure(name, action, functools.partial(self._act, manager, action))
             finally:
                 manager.stop()
 
@@ -415,9 +421,11 @@ def print_table(counts: dict[str, dict[str, dict[str, int]]]) -> None:
         cells = []
         for action in ACTIONS:
             kinds = actions.get(action)
-            cells.append("-" if kinds is None else
-                         f"{kinds['list']} / {kinds['head']} / {kinds['get']}"
-                         + (f" ({kinds['bytes'] // 1024} KiB)" if kinds["bytes"] else ""))  # fmt: skip
+            if kinds is None:
+                cells.append("-")
+                continue
+            sent = f" ({kinds['bytes'] // 1024} KiB)" if kinds["bytes"] else ""
+            cells.append(f"{kinds['list']} / {kinds['head']} / {kinds['get']}{sent}")
         print(f"| {program} | {' | '.join(cells)} |")
     print("\n(list / HEAD / body GET per action, on a fresh mount each)")
 
@@ -429,10 +437,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--extra-builds", type=int, default=120)
     parser.add_argument("--mkwfs-arg", action="append", default=[], dest="mkwfs_args")
     parser.add_argument("--quiet", type=float, default=DEFAULT_QUIET)
+    parser.add_argument("--actions", default=",".join(ACTIONS))
     parser.add_argument("--strace", action="store_true", help="strace -f each program")
     parser.add_argument("--setting", action="append", default=[],
                         help="SCHEMA KEY VALUE for gsettings, e.g. "
-                             "'org.gnome.nautilus.preferences show-directory-item-counts never'")  # fmt: skip
+                             "'org.gnome.nautilus.preferences show-directory-item-counts "
+                             "never'")  # fmt: skip
     options = parser.parse_args(argv)
     missing = [tool for tool in ("Xvfb", "dbus-daemon", "gdbus", "import", "xdotool")
                if shutil.which(tool) is None]  # fmt: skip
@@ -447,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         desktop = Desktop(processes, workdir)
         server = Server(emulator, url, emulator.issue_token())
         rig = Rig(server, desktop, processes, options.results, workdir, options.mkwfs_args,
-                  options.quiet, options.strace)  # fmt: skip
+                  options.quiet, options.strace, options.actions.split(","))  # fmt: skip
         try:
             desktop.start()
             for setting in options.setting:

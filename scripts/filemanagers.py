@@ -20,10 +20,10 @@ that ``builds/`` holds 120+ of them. The actions:
 The programs are driven over ``org.freedesktop.FileManager1`` (ShowFolders,
 ShowItemProperties), which both implement. After an action the rig waits until no request
 came for ``--quiet`` seconds, takes a screenshot of the screen (``import -window root``,
-PNG under the results dir) and counts the emulator's requests by kind: list (every JSON
-GET), HEAD, body GET (``GET /downloads/:id``) and body bytes. The same action done by
-``ls -l`` (``baseline``) is measured the same way. The table goes to stdout and, as JSON,
-to ``results/counts.json``.
+PNG under the results dir, by default /tmp/mkwfs-filemanagers) and counts the emulator's
+requests by kind: list (every JSON GET), HEAD, body GET (``GET /downloads/:id``) and body
+bytes. The same action done by ``ls -l`` (``baseline``) is measured the same way. The
+table goes to stdout and, as JSON, to ``counts.json`` in the results dir.
 
 Everything this script starts (Xvfb, dbus-daemon, the programs, strace, the mounts) is
 stopped and unmounted on the way out, whatever happens.
@@ -433,7 +433,8 @@ def print_table(counts: dict[str, dict[str, dict[str, int]]]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--programs", default=",".join(PROGRAMS))
-    parser.add_argument("--results", type=Path, default=REPO_ROOT / "results" / "filemanagers")
+    results = Path(tempfile.gettempdir()) / "mkwfs-filemanagers"
+    parser.add_argument("--results", type=Path, default=results)
     parser.add_argument("--extra-builds", type=int, default=120)
     parser.add_argument("--mkwfs-arg", action="append", default=[], dest="mkwfs_args")
     parser.add_argument("--quiet", type=float, default=DEFAULT_QUIET)

@@ -38,6 +38,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -116,20 +117,23 @@ class Processes:
         self, argv: Sequence[str], env: dict[str, str], log: Path
     ) -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:
+            # A group of its own: stopping strace must stop the program it traces too.
             process = subprocess.Popen(
-                argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-            )
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
         self.started.append(process)
         return process
 
     def stop(self, process: subprocess.Popen[bytes]) -> None:
-        if process.poll() is None:
-            process.terminate()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
             try:
                 process.wait(timeout=5)
+                break
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+                continue
         with contextlib.suppress(ValueError):
             self.started.remove(process)
 

@@ -19,8 +19,9 @@ deb_installed() {
 }
 
 missing=()
-# FUSE 3 (fusermount3, /dev/fuse helpers), and what pyfuse3 needs to build from source.
-for pkg in fuse3 libfuse3-dev pkg-config unzip; do
+# FUSE 3 (fusermount3, /dev/fuse helpers), what pyfuse3 needs to build from source, unzip
+# and gio (libglib2.0-bin: the file-manager test browses the mount as Nautilus does).
+for pkg in fuse3 libfuse3-dev pkg-config unzip libglib2.0-bin; do
     if ! deb_installed "$pkg"; then missing+=("$pkg"); fi
 done
 if ! command -v gcc >/dev/null 2>&1; then missing+=(gcc); fi

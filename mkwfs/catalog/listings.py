@@ -22,19 +22,21 @@ runs the TTLs (trio's clock); ``wall`` dates the facts in the store (``time.time
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Literal, TypeVar
 
 import trio
 
 from mkwfs.catalog.cache import AsyncTTLCache, StateAwareCache
 from mkwfs.catalog.stale import LastGood, Staleness
-from mkwfs.catalog.store import FactStore, MemoryStore
+from mkwfs.catalog.store import FactStore, FactTable, MemoryStore
 from mkwfs.remote.api import ApiClient
 from mkwfs.remote.errors import TransportError
 from mkwfs.remote.models import Build, Download
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 GroupKind = Literal["project", "pattern"]
 #: The records of the projects or the patterns, as the API sent them.
@@ -83,23 +85,21 @@ class Catalog:
         self._group_builds = StateAwareCache[tuple[GroupKind, int], dict[int, Build]](
             final_ttl=dir_ttl, live_ttl=live_ttl, timer=timer
         )
-        store = MemoryStore() if store is None else store
-        stale = self.staleness
-        self._last_builds = LastGood[None, dict[int, Build]](
-            stale, store.table("builds", maxsize=1), timer=timer, wall=wall
+        self._store = MemoryStore() if store is None else store
+        self._clocks = (timer, wall)
+        self._last_builds: LastGood[None, dict[int, Build]] = self._last_good("builds", 1)
+        self._last_downloads: LastGood[int, list[Download]] = self._last_good("downloads")
+        self._last_records: LastGood[int, Build] = self._last_good("records")
+        self._last_groups: LastGood[GroupKind, GroupRecords] = self._last_good("groups", 2)
+        self._last_group_builds: LastGood[tuple[GroupKind, int], dict[int, Build]] = (
+            self._last_good("group_builds")
         )
-        self._last_downloads = LastGood[int, list[Download]](
-            stale, store.table("downloads", maxsize=4096), timer=timer, wall=wall
-        )
-        self._last_records = LastGood[int, Build](
-            stale, store.table("records", maxsize=4096), timer=timer, wall=wall
-        )
-        self._last_groups = LastGood[GroupKind, GroupRecords](
-            stale, store.table("groups", maxsize=2), timer=timer, wall=wall
-        )
-        self._last_group_builds = LastGood[tuple[GroupKind, int], dict[int, Build]](
-            stale, store.table("group_builds", maxsize=4096), timer=timer, wall=wall
-        )
+
+    def _last_good(self, table: str, maxsize: int = 4096) -> LastGood[K, V]:
+        """The last good copies of one kind of fact, kept in the store's ``table``."""
+        timer, wall = self._clocks
+        facts: FactTable[K, V] = self._store.table(table, maxsize=maxsize)
+        return LastGood[K, V](self.staleness, facts, timer=timer, wall=wall)
 
     # -- requests ----------------------------------------------------------------------
 

@@ -28,16 +28,17 @@ class Fetch:
         self.idle = False
         self.error: MkwfsError | None = None
 
-    def serves(self, offset: int, join_distance: int) -> bool:
+    def serves(self, offset: int, join_distance: int, front: int | None = None) -> bool:
         """Whether the byte at ``offset`` comes soon from this fetch: it arrived, or comes
-        within ``join_distance`` bytes of what arrived. Judged by what arrived, not by what
-        is on disk, so that a reader at the front of the stream keeps it however far the
-        disk lags."""
+        within ``join_distance`` bytes of its ``front`` (by default what arrived). Judged by
+        what arrived, not by what is on disk, so that a reader at the front of the stream
+        keeps it however far the disk lags."""
+        reach = self.arrived if front is None else front
         return (
             not self.done
             and self.start <= offset
             and (self.end is None or offset < self.end)
-            and offset - self.arrived <= join_distance
+            and offset - reach <= join_distance
         )
 
 

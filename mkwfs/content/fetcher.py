@@ -73,8 +73,9 @@ class Fetcher:
     def fetch_for(self, body: Body, offset: int, until: int) -> Fetch:
         """The fetch that will bring the byte at ``offset`` (for a read that needs the bytes
         up to ``until``): a running one, or a new one."""
+        join = self._config.join_distance
         for fetch in body.fetches:
-            if fetch.serves(offset, self._config.join_distance) or (
+            if fetch.serves(offset, join, self._front(body, fetch)) or (
                 self.ranges is False and not fetch.done
             ):
                 return fetch
@@ -95,7 +96,16 @@ class Fetcher:
 
     def serves(self, body: Body, offset: int) -> bool:
         """Whether a running fetch is about to bring the byte at ``offset``."""
-        return any(f.serves(offset, self._config.join_distance) for f in body.fetches)
+        join = self._config.join_distance
+        return any(f.serves(offset, join, self._front(body, f)) for f in body.fetches)
+
+    def _front(self, body: Body, fetch: Fetch) -> int:
+        """How far the fetch's stream soon reaches: what arrived, and past it the bytes
+        already on disk that it runs through rather than end at (see `_reached_end`). A
+        reader that went through those from disk faster than the stream came is still
+        behind the stream, not a random read of its own."""
+        present = body.extents.present_until(fetch.arrived)
+        return present if present - fetch.arrived < self._config.run_through else fetch.arrived
 
     async def wait_for_progress(self, body: Body, fetch: Fetch) -> None:
         """Wait for the body to change; raise if ``fetch`` failed, or nothing came in time."""

@@ -142,6 +142,12 @@ def test_a_fetch_serves_the_front_of_what_arrived_however_far_the_disk_lags() ->
     assert not window.serves(9 * MiB, join)  # before its start
     window.done = True
     assert not window.serves(10 * MiB + 4096, join)
+    # A stream that runs through bytes on disk reaches past them soon: a reader that read
+    # them from disk faster than the stream came still counts as behind it.
+    stream = Fetch(0, None)
+    stream.arrived = 20 * MiB
+    assert not stream.serves(30 * MiB, join)
+    assert stream.serves(30 * MiB, join, front=28 * MiB)
 
 
 def test_the_setup_lags(big_server: tuple[Emulator, str]) -> None:

@@ -6,6 +6,7 @@ split that happens one time in three shows."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +59,27 @@ async def test_a_cold_sequential_read_is_one_get_every_time(
         assert digest == expected
         gets.append(count)
     print("GETs per cold sequential read:", gets)
+    assert gets == [1] * REPEATS
+
+
+async def test_a_cold_read_of_a_bursty_stream_is_one_get_every_time(
+    big_server: tuple[Emulator, str], tmp_path: Path
+) -> None:
+    """Express streams in bursts (the emulator's ``burst_bytes``/``burst_pause``): the
+    pauses and the lagging disk together must not split the stream either."""
+    emulator, url = big_server
+    expected = emulator.body_sha256(BIG_ZIP)
+    paced = emulator.config
+    emulator.config = dataclasses.replace(paced, burst_bytes=4 * MiB, burst_pause=0.02)
+    try:
+        gets = []
+        for attempt in range(REPEATS):
+            digest, count = await cold_read(emulator, url, tmp_path / f"cache{attempt}")
+            assert digest == expected
+            gets.append(count)
+    finally:
+        emulator.config = paced
+    print("GETs per cold sequential read of a bursty stream:", gets)
     assert gets == [1] * REPEATS
 
 

@@ -129,12 +129,8 @@ class Emulator:
         count: int = 1,
         body: FailureBody = "json",
     ) -> None:
-        """Answer the next ``count`` requests of ``endpoint`` with ``status`` instead of the
-        real answer. ``endpoint`` is a key of `ENDPOINTS`, several keys (whose requests share
-        the ``count``), or `ANY_ENDPOINT` for every request. ``body`` is a Feathers JSON
-        error, an nginx-style HTML page, an empty body, or a Feathers error cut in half
-        ("malformed"); 429s carry ``Retry-After: config.retry_after``. Calls queue up behind
-        each other: a request meets the oldest queued failure that matches it."""
+        """Answer the next ``count`` requests of ``endpoint`` with ``status`` (see
+        `Faults.fail_next`)."""
         self._faults.fail_next(endpoint, status, count, body)
 
     def clear_failures(self) -> None:

@@ -11,11 +11,16 @@ from pathlib import Path
 import httpx
 
 from mkwfs.content.store import ContentStore, open_content_store
-from mkwfs.emulator import Emulator
+from mkwfs.emulator import Emulator, EmulatorConfig
 from mkwfs.remote.api import ApiClient, Credentials, RetryPolicy
 from mkwfs.tree.tree import Tree
 
 BASE_URL = "http://emulator.test"
+
+
+def small_emulator(tmp_path: Path) -> Emulator:
+    """An emulator with a 4 MiB big file, its bodies under ``tmp_path``."""
+    return Emulator(EmulatorConfig(big_file_size=4 * 2**20, data_dir=tmp_path / "data"))
 
 
 def configure(emulator: Emulator, **changes: object) -> None:

@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ import trio.testing
 from mkwfs.catalog.listings import Catalog, belongs_to
 from mkwfs.catalog.stale import STALE_RETRY
 from mkwfs.catalog.store import FactStore, FactTable, Fetched, MemoryStore
-from mkwfs.emulator import BUILDING_BUILD, DEMO_BUILD, Emulator, EmulatorConfig
+from mkwfs.emulator import BUILDING_BUILD, DEMO_BUILD, Emulator
 from mkwfs.remote.errors import NotFound, TransportError
 from mkwfs.remote.models import Build, parse_build
 from tests.helpers import open_api
@@ -26,11 +25,6 @@ from tests.helpers import open_api
 LIST = "GET /api/v1/downloads"
 BUILDS = "GET /api/v1/builds"
 BUILD = "GET /api/v1/builds/:id"
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Emulator:
-    return Emulator(EmulatorConfig(big_file_size=4 * 2**20, data_dir=tmp_path / "data"))
 
 
 @asynccontextmanager

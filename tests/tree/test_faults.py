@@ -17,7 +17,7 @@ import trio.testing
 
 from mkwfs.catalog.stale import STALE_RETRY
 from mkwfs.content.store import ContentStore
-from mkwfs.emulator import BUILDING_BUILD, LARGE_BUILD, Emulator, EmulatorConfig
+from mkwfs.emulator import BUILDING_BUILD, LARGE_BUILD, Emulator
 from mkwfs.remote.api import ApiClient, Credentials, RetryPolicy
 from mkwfs.remote.errors import (
     MkwfsError,
@@ -32,11 +32,6 @@ from tests.helpers import BASE_URL
 
 LIST = "GET /api/v1/downloads"
 BUILDS = "GET /api/v1/builds"
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Emulator:
-    return Emulator(EmulatorConfig(big_file_size=4 * 2**20, data_dir=tmp_path / "data"))
 
 
 @asynccontextmanager

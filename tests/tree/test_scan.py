@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from mkwfs.emulator import LARGE_BUILD, Emulator, EmulatorConfig
+from mkwfs.emulator import LARGE_BUILD, Emulator
 from mkwfs.remote.errors import PermissionDenied
 from mkwfs.tree import scan as scan_module
 from mkwfs.tree.tree import (
@@ -26,11 +26,6 @@ from tests.tree.helpers import build_dir, files
 LIST = "GET /api/v1/downloads"
 HEAD = "HEAD /api/v1/downloads/:id"
 GET = "GET /api/v1/downloads/:id"
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Emulator:
-    return Emulator(EmulatorConfig(big_file_size=4 * 2**20, data_dir=tmp_path / "data"))
 
 
 async def test_a_directory_scan_probes_sizes_concurrently_and_once(

@@ -14,7 +14,6 @@ from mkwfs.emulator import (
     DEMO_BUILD,
     FORBIDDEN_BUILD,
     Emulator,
-    EmulatorConfig,
 )
 from mkwfs.remote.errors import (
     IsADirectory,
@@ -38,11 +37,6 @@ LIST = "GET /api/v1/downloads"
 BUILDS = "GET /api/v1/builds"
 HEAD = "HEAD /api/v1/downloads/:id"
 GET = "GET /api/v1/downloads/:id"
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Emulator:
-    return Emulator(EmulatorConfig(big_file_size=4 * 2**20, data_dir=tmp_path / "data"))
 
 
 async def test_root_and_builds_list_every_build(emulator: Emulator, tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ from mkwfs.emulator import (
     FAILED_BUILD,
     FORBIDDEN_BUILD,
     Emulator,
-    EmulatorConfig,
 )
 from mkwfs.remote.api import PAGE_LIMIT, ApiClient, Credentials, RetryPolicy
 from mkwfs.remote.errors import (
@@ -53,11 +52,6 @@ PROBES = [
     b".hidden", b".Trash", b".Trash-1000", b".xdg-volume-info", b"autorun.inf", b".directory",
     b".DS_Store", b"desktop.ini", b"._CORE_DV_HLS.zip", b"Desktop.ini",
 ]  # fmt: skip
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Emulator:
-    return Emulator(EmulatorConfig(big_file_size=4 * 2**20, data_dir=tmp_path / "data"))
 
 
 @asynccontextmanager

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from mkwfs.emulator import DEMO_BUILD, Emulator, EmulatorConfig
+from mkwfs.emulator import DEMO_BUILD, Emulator
 from mkwfs.remote.errors import ArchiveError, PermissionDenied
 from mkwfs.tree.zipview import ArchiveIndex, Entry, MemberReader, read_index
 from tests.helpers import open_content
@@ -250,6 +250,3 @@ async def test_emulator_archives_match_zipfile(emulator: Emulator, tmp_path: Pat
                     assert zlib.crc32(data) == original.getinfo(name).CRC
 
 
-@pytest.fixture
-def emulator(tmp_path: Path) -> Emulator:
-    return Emulator(EmulatorConfig(big_file_size=4 * 2**20, data_dir=tmp_path / "data"))

@@ -30,6 +30,10 @@ class ContentConfig:
     spill: int = 768 * 1024
     #: A member-sized fetch is at least this long (small members are fetched together).
     min_fetch: int = 64 * 1024
+    #: What a read of a longer member's local header alone fetches: the header and the
+    #: first bytes a content-type sniff reads (GLib reads up to 16 KiB; the kernel asks for
+    #: 16 KiB), with room for a long name and extra field and for deflate's overhead.
+    head_window: int = 64 * 1024
 
     # -- fetching (see fetcher.py) ----------------------------------------------------------
     #: How far an open-ended fetch may run ahead of the furthest byte asked for.

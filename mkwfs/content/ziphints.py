@@ -20,6 +20,9 @@ _ZIP64_EOCD_SIGNATURE = b"PK\x06\x06"
 _CENTRAL = struct.Struct("<4s6H3L5H2L")
 _CENTRAL_SIGNATURE = b"PK\x01\x02"
 
+#: The fixed part of a member's local header (APPNOTE 4.3.7), before its name and extra field.
+LOCAL_HEADER_SIZE = 30
+
 #: An end of central directory record lies within this many bytes of the end of the file.
 TAIL_SEARCH = _EOCD.size + 0xFFFF
 

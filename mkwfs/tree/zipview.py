@@ -11,10 +11,14 @@ central directory record (the last 22 bytes, or up to 64 KiB more when the archi
 comment) and the central directory itself — never the members.
 
 ``MemberReader`` reads one member, fetching only that member's local header and compressed
-bytes. Stored members map offsets directly. Deflated members are inflated sequentially by a
+bytes. The local header is read alone, before the first data: for that read the content
+store fetches only a big member's head (see the planner), which is all a content-type sniff
+needs. Stored members map offsets directly. Deflated members are inflated sequentially by a
 few cached ``_Inflater`` objects, one per member being read, each keeping a window of the
-last decompressed bytes: sequential reads (``cat``, ``cp``, ``diff``) and the kernel's
-readahead, which may arrive somewhat out of order, continue where the previous read ended;
+last decompressed bytes and taking compressed bytes in steps that start small (a sniff stays
+in the member's head) and grow: sequential reads (``cat``, ``cp``, ``diff``) and the
+kernel's readahead, which may arrive somewhat out of order, continue where the previous read
+ended;
 a read before the window restarts that member from its first byte. That bounds memory to a
 few MiB however big the member, at the price of quadratic work for a reader that jumps
 backwards through a big deflated member (rare for the files in build results).
@@ -40,7 +44,10 @@ import trio
 from mkwfs.remote.errors import ArchiveError, MkwfsError
 from mkwfs.tree.names import safe_name, unique_names
 
-#: Compressed bytes fetched per step when inflating a member.
+#: Compressed bytes fetched per step when inflating a member: small at first, so that a
+#: sniff of a member's first 16 KiB reads only its head (see the planner's ``head_window``),
+#: twice as many each step after, up to the most.
+_FIRST_INPUT = 16 * 1024
 _INPUT_CHUNK = 256 * 1024
 #: Decompressed bytes produced per step at most (bounds a step's memory for any ratio).
 _OUTPUT_STEP = 1024 * 1024
@@ -283,6 +290,8 @@ class MemberReader:
         known = self._data_offsets.get(key)
         if known is not None:
             return known
+        # The fixed header alone, as ziphints.LOCAL_HEADER_SIZE: a read of no more at a big
+        # member's start makes the content store fetch only the member's head.
         header = await self._content.read(download_id, member.header_offset, _LOCAL_HEADER.size)
         if len(header) < _LOCAL_HEADER.size or header[:4] != _LOCAL_SIGNATURE:
             raise ArchiveError(
@@ -320,6 +329,7 @@ class _MemberInflater:
         self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
         #: Compressed bytes consumed, decompressed bytes produced, CRC so far.
         self._consumed = 0
+        self._chunk = _FIRST_INPUT
         self._produced = 0
         self._crc = 0
         #: Decompressed bytes [_window_start, _produced).
@@ -347,7 +357,8 @@ class _MemberInflater:
         if not pending:
             if self._inflate.eof or self._consumed >= self._member.compress_size:
                 raise _truncated(self._download_id, self._entry)
-            want = min(_INPUT_CHUNK, self._member.compress_size - self._consumed)
+            want = min(self._chunk, self._member.compress_size - self._consumed)
+            self._chunk = min(2 * self._chunk, _INPUT_CHUNK)
             pending = await self._content.read(
                 self._download_id, self._start + self._consumed, want
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from mkwfs.content.config import ContentConfig
 from mkwfs.content.extents import Extents
 from mkwfs.content.planner import ReadPlanner
+from mkwfs.content.ziphints import LOCAL_HEADER_SIZE
 
 MiB = 1 << 20
 SIZE = 100 * MiB
@@ -113,3 +114,28 @@ def test_a_read_right_after_a_member_fetch_starts_small_again() -> None:
 def test_the_knobs_come_from_the_config() -> None:
     config = ContentConfig(random_window=4096, tail_window=0)
     assert plan(ReadPlanner(config), 50 * MiB) == (50 * MiB, 50 * MiB + 4096)
+
+
+def test_a_read_of_a_big_members_local_header_fetches_its_head_then_the_rest() -> None:
+    planner = ReadPlanner(CONFIG)
+    planner.boundaries = [0, 10 * MiB, 30 * MiB]
+    head = CONFIG.head_window
+    # zipview reads the fixed local header alone: a sniff needs no more than the head.
+    assert plan(planner, 10 * MiB, 10 * MiB + LOCAL_HEADER_SIZE) == (10 * MiB, 10 * MiB + head)
+    # A reader going on past the head (cat) gets the rest of the member in one fetch.
+    on_disk = Extents([(10 * MiB, 10 * MiB + head)])
+    rest = plan(planner, 10 * MiB + head, 10 * MiB + head + 4096, extents=on_disk)
+    assert rest == (10 * MiB + head, 30 * MiB + CONFIG.spill)
+
+
+def test_only_a_header_read_at_a_member_start_fetches_just_the_head() -> None:
+    planner = ReadPlanner(CONFIG)
+    planner.boundaries = [0, 10 * MiB, 30 * MiB]
+    # The kernel reads whole pages: a page at a member's start is a reader of the member.
+    assert plan(planner, 10 * MiB, 10 * MiB + 4096) == (10 * MiB, 30 * MiB + CONFIG.spill)
+    # A member no longer than the head is fetched whole, as before.
+    small = ReadPlanner(CONFIG)
+    small.boundaries = [10 * MiB, 10 * MiB + CONFIG.head_window]
+    assert plan(small, 10 * MiB, 10 * MiB + LOCAL_HEADER_SIZE) == (
+        10 * MiB, 10 * MiB + CONFIG.head_window + CONFIG.spill,
+    )  # fmt: skip

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from mkwfs.emulator import DEMO_BUILD, Emulator
+from mkwfs.content.config import ContentConfig
+from mkwfs.content.ziphints import LOCAL_HEADER_SIZE
+from mkwfs.emulator import DEMO_BUILD, MEDIUM_FILE, Emulator
 from mkwfs.remote.errors import ArchiveError, PermissionDenied
 from mkwfs.tree.zipview import ArchiveIndex, Entry, MemberReader, read_index
 from tests.helpers import open_content
@@ -249,4 +251,47 @@ async def test_emulator_archives_match_zipfile(emulator: Emulator, tmp_path: Pat
                     assert data == original.read(name), name
                     assert zlib.crc32(data) == original.getinfo(name).CRC
 
+
+async def test_a_sniff_of_a_big_member_reads_only_its_header_then_its_head() -> None:
+    """GIO reads a member's first 16 KiB to sniff its type: the local header is read alone
+    (a read the planner answers with the member's head, ``head_window`` bytes), and a
+    deflated member's first compressed bytes are taken in small steps, within that head."""
+    rng = random.Random(3)
+    text = b"".join(b"%08d %s\n" % (i, rng.randbytes(20).hex().encode()) for i in range(100_000))
+    noise = rng.randbytes(2 * 2**20)
+    body = make_zip([("a.bin", noise, zipfile.ZIP_DEFLATED), ("b.bin", text, 8), ("c", noise, 0)])
+    source = MemorySource({ARCHIVE: body})
+    found = paths(await read_index(source, ARCHIVE, mtime=MTIME))
+    reader = MemberReader(source)
+    head = ContentConfig().head_window
+    for name, original in [("a.bin", noise), ("b.bin", text), ("c", noise)]:
+        member = found[name].member
+        assert member is not None
+        source.reads.clear()
+        assert await reader.read(ARCHIVE, found[name], 0, 16384) == original[:16384]
+        assert source.reads[0] == (member.header_offset, LOCAL_HEADER_SIZE)
+        assert all(member.header_offset <= o and o + n <= member.header_offset + head
+                   for o, n in source.reads), (name, source.reads)  # fmt: skip
+
+
+async def test_sniffing_the_members_of_an_emulator_archive_fetches_their_heads(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Through the real content store: after the directory's GET, a sniff of each of the
+    four 8 MiB members costs one GET of its head, and a whole member one more GET."""
+    async with open_content(emulator, tmp_path) as content:
+        index = await read_index(content, MEDIUM_FILE, mtime=MTIME)
+        members = [e for p, e in paths(index).items() if p.startswith("payload/part-")]
+        reader = MemberReader(content)
+        gets, sent = emulator.stats.body_gets, emulator.stats.bytes_sent
+        for entry in members:
+            assert len(await reader.read(MEDIUM_FILE, entry, 0, 16384)) == 16384
+        assert len(members) == 4
+        assert emulator.stats.body_gets - gets == 4
+        assert emulator.stats.bytes_sent - sent == 4 * ContentConfig().head_window
+        whole = members[1]
+        pieces = [await reader.read(MEDIUM_FILE, whole, o, 128 * 1024)
+                  for o in range(0, whole.size, 128 * 1024)]  # fmt: skip
+        assert sum(map(len, pieces)) == whole.size
+        assert emulator.stats.body_gets - gets == 5  # the rest of it, in one GET
 

@@ -211,6 +211,25 @@ class Catalog:
         self._builds.put(None, usable)
         self._last_builds.put(None, usable)
 
+    def invalidate_build(self, build_id: int) -> None:
+        """Forget what is cached of one build: its downloads and its record."""
+        self._downloads.invalidate(build_id)
+        self._records.invalidate(build_id)
+        self._last_downloads.retry_now()
+        self._last_records.retry_now()
+
+    def invalidate_group(self, kind: GroupKind, group_id: int) -> None:
+        """Forget which builds one project or pattern has."""
+        self._group_builds.invalidate((kind, group_id))
+        self._last_group_builds.retry_now()
+
+    def invalidate_groups(self, kind: GroupKind) -> None:
+        """Forget the projects or the patterns, and which builds each group has."""
+        self._groups.invalidate(kind)
+        self._group_builds.invalidate()
+        self._last_groups.retry_now()
+        self._last_group_builds.retry_now()
+
     def invalidate(self) -> None:
         """Forget every cached fact (the next access asks the API again). The last good
         copies stay for stale-if-error."""

@@ -142,8 +142,9 @@ def _refresh_command(command: _Command) -> None:
         "refresh",
         "drop a mount's cached listings now",
         "Drop the cached listings of the mount at MOUNTPOINT (the same as sending SIGHUP to "
-        "its daemon), so the next access asks the server. With PATH (inside the mount), the "
-        "kernel's cached attributes of PATH are dropped too.",
+        "its daemon), so the next access asks the server. With PATH (inside the mount), "
+        "only the listings PATH and what is below it show (a build's files, a project's "
+        "builds) and the kernel's cached attributes of PATH.",
     )
     parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="where mkwfs is mounted")
     parser.add_argument("path", metavar="PATH", nargs="?", help="a directory or file in it")

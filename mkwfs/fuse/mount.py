@@ -91,10 +91,11 @@ class _Mount:
         self.tree = tree
         self.mounted_at = time.time()
 
-    async def refresh(self, inodes: list[int]) -> None:
-        """Drop the cached listings, and the kernel's attributes and data of ``inodes``
-        (from a thread: the kernel may wait for a request this thread has to answer)."""
-        self.tree.invalidate()
+    async def refresh(self, inodes: list[int], below: int | None = None) -> None:
+        """Drop the cached listings (all, or those of the node ``below`` and what is under
+        it), and the kernel's attributes and data of ``inodes`` (from a thread: the kernel
+        may wait for a request this thread has to answer)."""
+        self.tree.invalidate(below)
         for ino in inodes:
             try:
                 await trio.to_thread.run_sync(pyfuse3.invalidate_inode, InodeT(ino), False)
@@ -109,8 +110,10 @@ class _Mount:
                 return await self.status()
             case "refresh":
                 inode = request.get("inode")
-                extra = [inode] if isinstance(inode, int) and inode > 0 else []
-                await self.refresh([ROOT_INODE, BUILDS_INODE, *extra])
+                if isinstance(inode, int) and inode > 0:
+                    await self.refresh([ROOT_INODE, BUILDS_INODE, inode], below=inode)
+                else:
+                    await self.refresh([ROOT_INODE, BUILDS_INODE])
                 return {"refreshed": True}
             case other:
                 return {"error": f"unknown command {other!r}"}

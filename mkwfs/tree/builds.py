@@ -84,6 +84,9 @@ class BuildDir(Directory):
     def path(self) -> str:
         return f"/builds/{self.build.id}"
 
+    def refresh(self) -> None:
+        self.ctx.catalog.invalidate_build(self.build.id)
+
     def mtime(self) -> float:
         return self.ctx.catalog.fresh_build(self.build).mtime
 
@@ -126,6 +129,9 @@ class File(Node):
     def path(self) -> str:
         return f"/builds/{self.build.id}/{show(self.name)}"
 
+    def refresh(self) -> None:
+        self.ctx.catalog.invalidate_build(self.build.id)
+
     def attributes(self) -> Attributes:
         return self._sized(self.ctx.content.known_size(self.download.id))
 
@@ -162,6 +168,9 @@ class BuildJson(Node):
 
     def path(self) -> str:
         return f"/builds/{self.build.id}/.build.json"
+
+    def refresh(self) -> None:
+        self.ctx.catalog.invalidate_build(self.build.id)
 
     def attributes(self) -> Attributes:
         return self._sized(None)

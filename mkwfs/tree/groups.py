@@ -40,6 +40,9 @@ class GroupsDir(Directory):
     def path(self) -> str:
         return _GROUPS_PATH[self.kind]
 
+    def refresh(self) -> None:
+        self.ctx.catalog.invalidate_groups(self.kind)
+
     def _dir(self, group: views.Group) -> GroupDir:
         return GroupDir(self.ctx, _GROUP_BASE[self.kind] + group.id, group)
 
@@ -60,6 +63,9 @@ class GroupDir(Directory):
 
     def path(self) -> str:
         return f"{_GROUPS_PATH[self.group.kind]}/{show(self.group.name)}"
+
+    def refresh(self) -> None:
+        self.ctx.catalog.invalidate_group(self.group.kind, self.group.id)
 
     def _latest(self) -> Latest:
         return Latest(self.ctx, _LATEST_BASE[self.group.kind] + self.group.id, self.group)

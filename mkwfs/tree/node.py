@@ -55,6 +55,11 @@ class Node(abc.ABC):
         now (the kernel takes as many as fit)."""
         return len(entries)
 
+    def refresh(self) -> None:
+        """Drop the cached facts this node and what is below it show, so that the next
+        access asks the API (``mkwfs refresh PATH``). By default: every fact."""
+        self.ctx.catalog.invalidate()
+
     async def readlink(self) -> bytes:
         raise NotASymlink(f"inode {self.ino} is not a symbolic link")
 

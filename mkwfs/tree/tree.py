@@ -174,11 +174,17 @@ class Tree:
         """Use a build list fetched elsewhere (the startup check) as the cached one."""
         self.catalog.seed_builds(builds)
 
-    def invalidate(self) -> None:
-        """Forget every cached listing (the next access asks the API again). The last good
+    def invalidate(self, ino: int | None = None) -> None:
+        """Forget the cached listings (the next access asks the API again): every one, or
+        those that the node ``ino`` and what is below it show (a build's files, a group's
+        builds; the root or an inode the tree does not know: every one). The last good
         listings stay for stale-if-error; archive indexes stay: a download's bytes never
         change."""
-        self.catalog.invalidate()
+        node = None if ino is None else self._nodes.get(ino)
+        if node is None:
+            self.catalog.invalidate()
+        else:
+            node.refresh()
 
     def _node(self, ino: int) -> Node:
         try:

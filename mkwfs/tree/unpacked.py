@@ -36,6 +36,9 @@ class UnpackedBuild(Directory):
     def path(self) -> str:
         return f"/unpacked/{self.build.id}"
 
+    def refresh(self) -> None:
+        self.ctx.catalog.invalidate_build(self.build.id)
+
     def mtime(self) -> float:
         return self.ctx.catalog.fresh_build(self.build).mtime
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from mkwfs.emulator import DEMO_BUILD, MEDIUM_FILE, MEDIUM_FILE_SIZE, Emulator
+from mkwfs.emulator import BIG_BUILD, DEMO_BUILD, MEDIUM_FILE, MEDIUM_FILE_SIZE, Emulator
 from mkwfs.remote.api import PAGE_LIMIT
 from tests.conftest import (
     REPO_ROOT,
@@ -121,14 +121,18 @@ def test_mount_in_command_substitution_then_status_refresh_umount(
     assert state["cache"]["dir"] == str(tmp_path / "cache")
 
     build_dir = mountpoint / "builds" / str(DEMO_BUILD)
+    other_dir = mountpoint / "builds" / str(BIG_BUILD)
     emulator.reset_counters()
     os.listdir(build_dir)
     os.listdir(build_dir)
-    assert emulator.requests[LIST] == 1
+    os.listdir(other_dir)
+    assert emulator.requests[LIST] == 2
     refreshed = mkwfs("refresh", mountpoint, f"builds/{DEMO_BUILD}", env=mkwfs_env)
     assert refreshed.returncode == 0, refreshed.stderr
     os.listdir(build_dir)
-    assert emulator.requests[LIST] == 2
+    assert emulator.requests[LIST] == 3
+    os.listdir(other_dir)  # refresh PATH drops PATH's listing only
+    assert emulator.requests[LIST] == 3
 
     emulator.fail_next(BUILDS, 500)
     status = mkwfs("status", mountpoint, env=mkwfs_env)

@@ -138,6 +138,40 @@ async def test_a_finished_builds_listing_is_kept_long_a_running_ones_briefly(
         assert emulator.requests[LIST] == 4
 
 
+async def test_refresh_of_one_path_drops_its_listing_only(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """``mkwfs refresh MOUNTPOINT PATH``: the listing of PATH (and below) is asked again, the
+    others stay cached; the root (or no PATH) drops them all."""
+    async with open_tree(emulator, tmp_path) as tree:
+        demo = await build_dir(tree, DEMO_BUILD)
+        running = await build_dir(tree, BUILDING_BUILD)
+        first = (await files(tree, demo.ino))[0][1]
+        await files(tree, running.ino)
+        builds = emulator.requests[BUILDS]
+        assert emulator.requests[LIST] == 2
+
+        tree.invalidate(demo.ino)
+        await files(tree, running.ino)
+        assert emulator.requests[LIST] == 2  # the other build's files stay cached
+        await files(tree, demo.ino)
+        assert emulator.requests[LIST] == 3
+
+        tree.invalidate(first.ino)  # a file: its build's listing
+        await files(tree, running.ino)
+        await files(tree, demo.ino)
+        assert emulator.requests[LIST] == 4
+        await tree.listdir(BUILDS_INODE)
+        assert emulator.requests[BUILDS] == builds  # the list of builds stayed cached
+
+        tree.invalidate(ROOT_INODE)
+        await files(tree, running.ino)
+        await files(tree, demo.ino)
+        await tree.listdir(BUILDS_INODE)
+        assert emulator.requests[LIST] == 6
+        assert emulator.requests[BUILDS] == builds + 1
+
+
 async def test_reading_twice_downloads_once(emulator: Emulator, tmp_path: Path) -> None:
     download = emulator.downloads_of(DEMO_BUILD)[-1]
     body = emulator.body_path(download["id"]).read_bytes()

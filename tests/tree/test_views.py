@@ -97,6 +97,37 @@ async def read_all(tree: Tree, ino: int) -> bytes:
 # -- projects and patterns -----------------------------------------------------------
 
 
+async def test_refresh_of_a_project_asks_its_builds_again_and_no_other(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    sent: list[httpx.URL] = []
+    async with open_tree(emulator, tmp_path, sent) as tree:
+        projects = dict(await tree.listdir(PROJECTS_INODE))
+        patterns = dict(await tree.listdir(PATTERNS_INODE))
+        demo, ddl = projects[b"DEMO_PROJECT"].ino, patterns[b"DWH_DDL"].ino
+        await tree.listdir(demo)
+        await tree.listdir(ddl)
+
+        def asked(query: str) -> int:
+            return sum(1 for u in sent if u.path == "/api/v1/builds" and query in str(u.params))
+
+        assert (asked("project_id=402"), asked("pattern_id=811")) == (1, 1)
+        tree.invalidate(demo)
+        await tree.listdir(demo)
+        await tree.listdir(ddl)
+        assert (asked("project_id=402"), asked("pattern_id=811")) == (2, 1)
+        lists = sum(1 for u in sent if u.path in ("/api/v1/projects", "/api/v1/patterns"))
+        await tree.listdir(PROJECTS_INODE)
+        await tree.listdir(PATTERNS_INODE)
+        assert sum(1 for u in sent if u.path in ("/api/v1/projects", "/api/v1/patterns")) == lists
+
+        tree.invalidate(PROJECTS_INODE)  # the projects, and which builds each group has
+        await tree.listdir(PROJECTS_INODE)
+        await tree.listdir(PATTERNS_INODE)
+        assert sum(1 for u in sent if u.path == "/api/v1/projects") == 2
+        assert sum(1 for u in sent if u.path == "/api/v1/patterns") == 1
+
+
 async def test_projects_and_patterns_list_their_builds_by_the_apis_filters(
     emulator: Emulator, tmp_path: Path
 ) -> None:

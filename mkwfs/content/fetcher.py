@@ -73,11 +73,8 @@ class Fetcher:
     def fetch_for(self, body: Body, offset: int, until: int) -> Fetch:
         """The fetch that will bring the byte at ``offset`` (for a read that needs the bytes
         up to ``until``): a running one, or a new one."""
-        join = self._config.join_distance
         for fetch in body.fetches:
-            if fetch.serves(offset, join, self._front(body, fetch)) or (
-                self.ranges is False and not fetch.done
-            ):
+            if self._joins(body, fetch, offset) or (self.ranges is False and not fetch.done):
                 return fetch
         start, end = body.planner.plan(
             offset,
@@ -96,8 +93,12 @@ class Fetcher:
 
     def serves(self, body: Body, offset: int) -> bool:
         """Whether a running fetch is about to bring the byte at ``offset``."""
-        join = self._config.join_distance
-        return any(f.serves(offset, join, self._front(body, f)) for f in body.fetches)
+        return any(self._joins(body, f, offset) for f in body.fetches)
+
+    def _joins(self, body: Body, fetch: Fetch, offset: int) -> bool:
+        """Whether a read at ``offset`` joins ``fetch``: it comes within the join distance of
+        the fetch's front."""
+        return fetch.serves(offset, self._config.join_distance, self._front(body, fetch))
 
     def _front(self, body: Body, fetch: Fetch) -> int:
         """How far the fetch's stream soon reaches: what arrived, and past it the bytes

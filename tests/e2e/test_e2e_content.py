@@ -125,4 +125,7 @@ def test_a_daemon_killed_mid_download_leaves_nothing_wrong_and_resumes(
     )
     assert emulator.requests[GET] >= 1
     assert emulator.bytes_sent <= size - 15 * MiB  # resumed from the last record, not from 0
-    assert (content / str(MEDIUM_FILE)).stat().st_size == size
+    # The complete body is synced and renamed in the background once its reader is done.
+    final = content / str(MEDIUM_FILE)
+    assert wait_for(final.exists, timeout=15)
+    assert final.stat().st_size == size

@@ -196,9 +196,12 @@ def test_an_expired_token_logs_in_again_with_email_and_password(
 def test_an_expired_token_alone_is_eacces_with_a_clear_log_line(
     mount_fs: MountFactory, emulator: Emulator, mkwfs_env: dict[str, str]
 ) -> None:
-    mkwfs_env["MKWFS_TOKEN"] = emulator.issue_token(lifetime=2)
+    # Long enough to outlive a mount on a loaded machine; then wait until it has expired.
+    lifetime = 8.0
+    expires = time.monotonic() + lifetime
+    mkwfs_env["MKWFS_TOKEN"] = emulator.issue_token(lifetime=lifetime)
     mounted = mount_fs()
-    time.sleep(2.5)
+    time.sleep(max(expires - time.monotonic(), 0) + 1.1)  # the exp claim is whole seconds
     assert errno_of(os.listdir, mounted.path / "builds" / str(DEMO_BUILD)) == errno.EACCES
     assert "rejected the token" in mounted.log()
     assert_alive(mounted.path)  # what is cached still shows

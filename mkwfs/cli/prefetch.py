@@ -7,9 +7,9 @@ time, straight into its cache, and streams progress back: a tqdm bar on a termin
 file is read through the mount, and the files below a directory are not even looked at
 here: a ``stat`` of a file whose size is not known yet would cost a request.
 
-A PATH's directories are resolved here (``realpath``: a link outside the mount that leads
-into it works), its last component by the daemon (so a link such as ``latest`` is followed
-there, without a ``stat`` of the file).
+A PATH is taken as written (``..`` lexically) when it is on a mount; the daemon follows
+the links in it (``latest``). One that is not is resolved (``realpath`` of its directory)
+in case a link outside the mounts leads into one (``~/mk -> /mnt/mkwfs/builds``).
 """
 
 from __future__ import annotations
@@ -52,15 +52,19 @@ class PrefetchResult:
 
 def on_mount(path: Path) -> tuple[Path, str]:
     """The mount point of the mkwfs mount ``path`` is on, and the path relative to it;
-    ``ConfigError`` when it is on none."""
-    absolute = os.path.abspath(path)
-    parent, name = os.path.split(absolute)
-    real = Path(os.path.realpath(parent), name)
+    ``ConfigError`` when it is on none. Nothing on the mount is looked at (see the module
+    docstring)."""
+    absolute = Path(os.path.abspath(path))
     try:
-        root = mkwfs_root(real)
-    except StartupError as exc:
-        raise ConfigError(f"{path} is not on an mkwfs mount") from exc
-    return root, os.fsdecode(real.relative_to(root)) if real != root else "."
+        root, where = mkwfs_root(absolute), absolute
+    except StartupError:
+        # Perhaps through a link outside any mount, such as ~/mk -> /mnt/mkwfs/builds.
+        where = Path(os.path.realpath(absolute.parent), absolute.name)
+        try:
+            root = mkwfs_root(where)
+        except StartupError as exc:
+            raise ConfigError(f"{path} is not on an mkwfs mount") from exc
+    return root, os.fsdecode(where.relative_to(root)) if where != root else "."
 
 
 def prefetch(paths: Sequence[Path], *, jobs: int) -> PrefetchResult:

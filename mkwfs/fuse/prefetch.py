@@ -79,9 +79,9 @@ async def answer_prefetch(
 
     async with trio.open_nursery() as nursery:
         await nursery.start(report)
+        complete = await complete_on_disk(cache_dir)  # before: resolving may fetch (a ZIP index)
         resolution = await resolve_downloads(tree, paths)
         progress.failures += resolution.failures
-        complete = await complete_on_disk(cache_dir)
         state["resolving"] = False
         await fetch_bodies(
             content, resolution.wanted, at_once=jobs, complete=complete, progress=progress

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import zipfile
@@ -165,6 +166,34 @@ def test_jobs_bound_the_bodies_in_flight(
     assert process.returncode == 0, err
     assert out.rstrip().endswith(": 5 fetched, 0 already cached, 0 failed"), out
     assert emulator.requests[GET] == 5
+
+
+def test_a_prefetch_interrupted_leaves_the_mount_serving(
+    mount_fs: MountFactory, emulator: Emulator, mkwfs_env: dict[str, str]
+) -> None:
+    mnt = mount_fs().path
+    files = emulator.downloads_of(LARGE_BUILD)[:3]
+    emulator.config = replace(emulator.config, stall_after=100)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mkwfs", "prefetch", "-j", "1",
+         *(mnt / "builds" / str(LARGE_BUILD) / d["name"] for d in files)],
+        env=mkwfs_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: emulator.requests[GET] >= 1, 30)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130
+    emulator.release_stalls()
+    emulator.config = replace(emulator.config, stall_after=None)
+    assert status(mnt)["api"]["reachable"]
+    data = read_cold(mnt / "builds" / str(LARGE_BUILD) / files[0]["name"])
+    assert hashlib.sha256(data).hexdigest() == emulator.body_sha256(files[0]["id"])
+    # (the mounts fixture fails the test if the daemon logged a traceback)
 
 
 def test_links_and_unpacked_resolve_to_their_downloads(

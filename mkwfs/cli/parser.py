@@ -155,15 +155,18 @@ def _prefetch_command(command: _Command) -> None:
     parser = command(
         "prefetch",
         "download files into the cache for offline use",
-        "Read every file at or under each PATH (on an mkwfs mount) once, so that its daemon "
-        "caches it; shows a progress bar on a terminal.",
+        "Have the daemon of the mount fetch every file at or under each PATH (on an mkwfs "
+        "mount) into its cache, each once, without reading it through the mount; shows a "
+        "progress bar on a terminal, one line per file that failed, and a summary. Exit 1 "
+        "when any file failed.",
     )
     parser.add_argument(
         "paths", metavar="PATH", nargs="+", type=Path, help="a file or directory on the mount"
     )
     parser.add_argument(
-        "-j", "--jobs", type=int, default=4, help="files read at once (default %(default)s)"
-    )
+        "-j", "--jobs", type=int, default=16,
+        help="files downloaded at once, at most (default %(default)s)",
+    )  # fmt: skip
 
 
 def _login_command(command: _Command) -> None:

@@ -19,7 +19,6 @@ from mkwfs.cli.parser import (
 from mkwfs.fuse import control
 from mkwfs.fuse.checks import (
     StartupError,
-    mkwfs_root,
 )
 from mkwfs.remote.errors import (
     ConfigError,
@@ -103,12 +102,22 @@ def refresh(args: argparse.Namespace) -> int:
 
 
 def prefetch_files(args: argparse.Namespace) -> int:
+    """``mkwfs prefetch``: one line per failure on stderr, the summary on stdout; exit 1
+    when anything failed."""
     from mkwfs.cli.prefetch import prefetch
 
-    roots = {mkwfs_root(path) for path in args.paths}
-    result = prefetch(args.paths, jobs=max(1, args.jobs))
+    result = prefetch(args.paths, jobs=args.jobs)
     for path, error in result.failures:
-        print(f"mkwfs: {path}: {error}", file=sys.stderr)
-    where = ", ".join(str(root) for root in sorted(roots))
-    print(f"prefetched {result.files} files ({human_size(result.bytes)}) into the cache of {where}")
+        print(f"mkwfs: {_printable(path)}: {error}", file=sys.stderr)
+    where = ", ".join(_printable(root) for root in result.roots)
+    print(
+        f"prefetched {result.files} files ({human_size(result.bytes)}) into the cache of "
+        f"{where}: {result.fetched} fetched, {result.cached} already cached, "
+        f"{len(result.failures)} failed"
+    )
     return EXIT_FAILED if result.failures else EXIT_OK
+
+
+def _printable(path: Path) -> str:
+    """A path as a terminal can show it: bytes that are no UTF-8 escaped."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

@@ -248,6 +248,34 @@ class ContentStore:
             return
         body.planner.boundaries = member_boundaries(directory, offset) or []
 
+    # -- whole bodies (mkwfs prefetch) ----------------------------------------------------
+
+    async def fetch_whole(self, download_id: int) -> int:
+        """Make the body complete in the cache (no-op when it is); return its size.
+
+        A body of unknown size is fetched with one open-ended GET that tells the size (no
+        probe first); a partial body joins a running fetch or starts one, as a read of all
+        of it would. Returns once every byte arrived (on disk, or on its way there in the
+        recent bytes); ``MkwfsError`` when the bytes cannot be had, as reads raise it."""
+        self._disk.eviction.touch(download_id)
+        try:
+            async with self._disk.using(download_id) as body:
+                if body is not None:
+                    body.want(EVERYTHING)
+                    size = body.size if body.size is not None else self.known_size(download_id)
+                    while size is None:
+                        fetch = self._fetcher.fetch_for(body, 0, 1)
+                        await self._fetcher.wait_for_progress(body, fetch)
+                        size = body.size
+                    await self._wait_for(body, 0, size)
+                    return size
+            known = self.known_size(download_id)
+            if known is not None:
+                return known
+            return await trio.to_thread.run_sync(os.path.getsize, self._disk.path(download_id))
+        except OSError as exc:
+            raise ContentError(f"cannot read cached download {download_id}: {exc}") from exc
+
 
 async def _arrived(body: Body, start: int, end: int) -> bytes | None:
     """``[start, end)`` from memory or disk; None unless all of it has arrived."""

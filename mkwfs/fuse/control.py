@@ -6,8 +6,9 @@ when a daemon dies, and the name can be found from the mount point alone. Bindin
 also the lock that refuses a second mkwfs on the same mount point.
 
 Protocol: the client sends one JSON object on one line (``{"command": "status"}``), the
-daemon answers one JSON object on one line and closes. Only the daemon's own user and root
-may connect (checked with ``SO_PEERCRED``).
+daemon answers one JSON object on one line and closes. A long command (``prefetch``) may
+send progress first: lines ``{"progress": {...}}``, then the answer line as usual. Only the
+daemon's own user and root may connect (checked with ``SO_PEERCRED``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,11 @@ MESSAGE_LIMIT = 1 << 20
 #: Seconds a client has to send its request.
 REQUEST_TIMEOUT = 5.0
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+#: Sends one progress line (``{"progress": ...}``) to the client before the answer;
+#: ``trio.BrokenResourceError`` when the client went away.
+SendProgress = Callable[[dict[str, Any]], Awaitable[None]]
+#: Answers a request; it may send progress on the way.
+Handler = Callable[[dict[str, Any], SendProgress], Awaitable[dict[str, Any]]]
 
 
 class ControlError(MkwfsError):
@@ -102,8 +107,14 @@ async def _answer(stream: trio.SocketStream, handler: Handler) -> None:
     request = json.loads(data.split(b"\n", 1)[0])
     if not isinstance(request, dict):
         raise ValueError("a request must be a JSON object")
+
+    async def send_progress(progress: dict[str, Any]) -> None:
+        await stream.send_all(_encode({"progress": progress}))
+
     try:
-        answer = await handler(request)
+        answer = await handler(request, send_progress)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise  # the client went away: nobody to answer
     except MkwfsError as exc:
         answer = {"error": str(exc)}
     except Exception as exc:
@@ -122,31 +133,61 @@ def _encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message).encode() + b"\n"
 
 
-def request(mountpoint: Path, message: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
+def request(
+    mountpoint: Path,
+    message: dict[str, Any],
+    *,
+    timeout: float = 30.0,
+    on_progress: Callable[[dict[str, Any]], None] = lambda _progress: None,
+) -> dict[str, Any]:
     """Send ``message`` to the daemon serving ``mountpoint`` and return its answer (blocking;
-    for the command line). ``ControlError`` when no mkwfs daemon serves it."""
+    for the command line), calling ``on_progress`` with each progress line before it.
+    ``timeout`` bounds each wait for the daemon (to connect, for the next line).
+    ``ControlError`` when no mkwfs daemon serves it, or it failed the request."""
+    if len(_encode(message)) > MESSAGE_LIMIT:
+        raise ControlError(f"the request is longer than {MESSAGE_LIMIT} bytes")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(address(mountpoint))
             sock.sendall(_encode(message))
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-                if len(data) > MESSAGE_LIMIT:
+            for line in _lines(sock):
+                answer = _decode(line, mountpoint)
+                progress = answer.get("progress")
+                if not isinstance(progress, dict):
                     break
+                on_progress(progress)
+            else:
+                raise ControlError(f"the mkwfs daemon of {mountpoint} ended without an answer")
         except (ConnectionRefusedError, FileNotFoundError) as exc:
             raise ControlError(f"no mkwfs daemon serves {mountpoint}") from exc
         except OSError as exc:
             raise ControlError(f"the mkwfs daemon of {mountpoint} did not answer: {exc}") from exc
+    if "error" in answer:
+        raise ControlError(f"the mkwfs daemon of {mountpoint}: {answer['error']}")
+    return answer
+
+
+def _lines(sock: socket.socket) -> Iterator[bytes]:
+    """The lines the daemon sends, the last one perhaps without its newline."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+        *lines, data = data.split(b"\n")
+        yield from lines
+        if len(data) > MESSAGE_LIMIT:
+            break
+    if data.strip():
+        yield data
+
+
+def _decode(line: bytes, mountpoint: Path) -> dict[str, Any]:
     try:
-        answer = json.loads(data)
+        answer = json.loads(line)
     except ValueError as exc:
         raise ControlError(f"the mkwfs daemon of {mountpoint} answered nonsense") from exc
     if not isinstance(answer, dict):
         raise ControlError(f"the mkwfs daemon of {mountpoint} answered nonsense")
-    if "error" in answer:
-        raise ControlError(f"the mkwfs daemon of {mountpoint}: {answer['error']}")
     return answer
 
 

@@ -33,8 +33,9 @@ from mkwfs import __version__
 from mkwfs.config import Config
 from mkwfs.content.store import ContentStore, open_content_store
 from mkwfs.fuse.checks import mount_entry
-from mkwfs.fuse.control import serve_control
+from mkwfs.fuse.control import SendProgress, serve_control
 from mkwfs.fuse.fs import MkwfsOperations
+from mkwfs.fuse.prefetch import answer_prefetch
 from mkwfs.remote.api import ApiClient
 from mkwfs.remote.client import open_http_client
 from mkwfs.remote.errors import MkwfsError
@@ -103,8 +104,9 @@ class _Mount:
                 log.debug("invalidate inode %d: %s", ino, exc)
         log.info("dropped cached listings")
 
-    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Answer a control request: ``status``, or ``refresh`` (optional ``inode``)."""
+    async def handle(self, request: dict[str, Any], send: SendProgress) -> dict[str, Any]:
+        """Answer a control request: ``status``, ``refresh`` (optional ``inode``), or
+        ``prefetch`` (see ``mkwfs.fuse.prefetch``)."""
         match request.get("command"):
             case "status":
                 return await self.status()
@@ -115,6 +117,9 @@ class _Mount:
                 else:
                     await self.refresh([ROOT_INODE, BUILDS_INODE])
                 return {"refreshed": True}
+            case "prefetch":
+                cache_dir = self.config.cache_dir
+                return await answer_prefetch(self.tree, self.content, cache_dir, request, send)
             case other:
                 return {"error": f"unknown command {other!r}"}
 
@@ -204,10 +209,10 @@ async def _serve(config: Config, on_ready: Callable[[], None]) -> None:
         api = ApiClient(http, config.api_url, config.credentials, heads=http.curl)
         mount: _Mount | None = None
 
-        async def handle(request: dict[str, Any]) -> dict[str, Any]:
+        async def handle(request: dict[str, Any], send: SendProgress) -> dict[str, Any]:
             if mount is None:
                 return {"error": "still starting"}
-            return await mount.handle(request)
+            return await mount.handle(request, send)
 
         await nursery.start(serve_control, config.mountpoint, handle)
         builds = await api.list_builds()

@@ -164,10 +164,21 @@ def test_commands_on_no_mount_fail_with_one_line(
         (["status", str(home)], "no mkwfs daemon serves"),
         (["refresh", str(home)], "no mkwfs daemon serves"),
         (["umount", str(home)], "is not mounted"),
-        (["prefetch", str(home)], "is not on an mkwfs mount"),
     ):
         code, _out, err = run(argv, capsys)
         assert code == 1, argv
+        assert words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_prefetch_of_no_mount_is_a_usage_error(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv, words in (
+        (["prefetch", str(home)], "is not on an mkwfs mount"),
+        (["prefetch", "-j", "0", str(home)], "-j must be at least 1"),
+    ):
+        code, _out, err = run(argv, capsys)
+        assert code == 2, argv
         assert words in err and len(err.strip().splitlines()) == 1, err
 
 

@@ -12,7 +12,7 @@ from mkwfs.fuse import control
 from mkwfs.remote.errors import MkwfsError
 
 
-async def echo(request: dict[str, Any]) -> dict[str, Any]:
+async def echo(request: dict[str, Any], send: control.SendProgress) -> dict[str, Any]:
     if request.get("command") == "fail":
         raise MkwfsError("it failed")
     return {"got": request}

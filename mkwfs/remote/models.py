@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from mkwfs.remote.payloads import JSON_DEPTH_LIMIT, nesting_exceeds
+
 JSONObject = Mapping[str, Any]
 
 #: Build statuses after which a build's downloads never change.
@@ -48,7 +50,11 @@ class Build:
         return self._decoded()
 
     def _decoded(self) -> JSONObject:
-        return cast(JSONObject, json.loads(bytes(self.source).decode("utf-8", "replace")))
+        decoded = json.loads(bytes(self.source).decode("utf-8", "replace"))
+        if nesting_exceeds(decoded, JSON_DEPTH_LIMIT - 1):
+            # What walks it (the JSON encoder, the views) must not recurse without bound.
+            raise ValueError(f"build {self.id}'s object nests more than {JSON_DEPTH_LIMIT} levels")
+        return cast(JSONObject, decoded)
 
     def embedded_downloads(self) -> list[Download] | None:
         """The downloads the object carries, or None when it has no ``downloads`` list.

@@ -195,7 +195,7 @@ class MkwfsOperations(pyfuse3.Operations):
         """Nothing is downloaded here, only in ``read``. A file whose bytes never change
         keeps the kernel's page cache across opens (``keep_cache``); a generated one
         (``.build.json``) is read from this handle's snapshot, past any size the kernel
-        cached (``direct_io``)."""
+        cached (``direct_io``), as is a body opened before its size was known."""
         with _fuse_errors("open", self._tree, inode):
             if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
                 _read_only()
@@ -203,7 +203,9 @@ class MkwfsOperations(pyfuse3.Operations):
             handle = self._new_handle()
             self._open_files[handle] = opened
             return FileInfo(
-                fh=handle, keep_cache=opened.keep_cache, direct_io=opened.snapshot is not None
+                fh=handle,
+                keep_cache=opened.keep_cache,
+                direct_io=opened.snapshot is not None or opened.direct_io,
             )
 
     @override

@@ -8,7 +8,7 @@ same listing object (cached, or the last good one), its names are not made again
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 import cachetools
 import trio
@@ -32,6 +32,9 @@ V = TypeVar("V")
 #: them in, so ``ls -l`` stats them in the order a scan probes them.
 Listing = dict[bytes, Download]
 Groups = dict[bytes, views.Group]
+#: When sizes are probed (``--size-probes``): ahead of an ``ls -l`` scan, only for the file
+#: stat'ed, or never (a size is learnt from the GET that reads the body).
+SizeProbes = Literal["ahead", "stat", "off"]
 
 
 class _Derived(Generic[K, S, V]):
@@ -69,9 +72,11 @@ class Context:
         dir_ttl: float,
         attr_ttl: float,
         mount_time: float,
+        size_probes: SizeProbes = "ahead",
         timer: Callable[[], float] = trio.current_time,
     ) -> None:
         self.catalog = catalog
+        self.size_probes: SizeProbes = size_probes
         self.content = content
         self.dir_ttl = dir_ttl
         self.attr_ttl = attr_ttl

@@ -56,7 +56,7 @@ from mkwfs.remote.models import Build
 from mkwfs.tree import views
 from mkwfs.tree.attributes import Attributes, Kind, OpenFile
 from mkwfs.tree.builds import BUILD_JSON_NAME, BuildsDir, Root
-from mkwfs.tree.context import Context, Listing
+from mkwfs.tree.context import Context, Listing, SizeProbes
 from mkwfs.tree.groups import LATEST_NAME, GroupsDir
 from mkwfs.tree.inodes import (
     ARCHIVE_BASE,
@@ -138,6 +138,7 @@ class Tree:
         timeout: float = 15.0,
         timer: Callable[[], float] = trio.current_time,
         mount_time: float | None = None,
+        size_probes: SizeProbes = "ahead",
     ) -> None:
         self.timeout = timeout
         self.dir_ttl = dir_ttl
@@ -159,6 +160,7 @@ class Tree:
             dir_ttl=dir_ttl,
             attr_ttl=attr_ttl,
             mount_time=time.time() if mount_time is None else mount_time,
+            size_probes=size_probes,
             timer=timer,
         )
         self._fixed = _fixed_nodes(ctx)

@@ -152,13 +152,14 @@ class MkwfsOperations(pyfuse3.Operations):
     @override
     async def getattr(self, inode: InodeT, ctx: RequestContext) -> EntryAttributes:
         with _fuse_errors("stat", self._tree, inode):
-            return self._entry(await self._tree.getattr(inode))
+            return self._entry(await self._tree.getattr(inode, ctx.pid))
 
     @override
     async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
         with _fuse_errors("opendir", self._tree, inode):
             if not self._tree.is_dir(inode):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
+            self._tree.opened_dir(inode, ctx.pid)
             handle = self._new_handle()
             self._open_dirs[handle] = _OpenDir(inode)
             return handle

@@ -147,11 +147,15 @@ class File(Node):
 
     async def getattr(self) -> Attributes:
         """With the true size, probed if not known yet (a scan probes ahead: ``scan``,
-        unless ``--size-probes stat``); with ``--size-probes off``, the size known (0 with
-        a zero attribute timeout until the body was read)."""
+        unless ``--size-probes stat``). With ``--size-probes off``, a listing's stat (from
+        the process that opened the build's directory: ``ls -l``, ``cp -r``) gets the size
+        known, 0 with a zero attribute timeout until the body was read; any other stat is
+        taken as the start of a read (``unzip`` takes the size from a stat before it
+        opens): the body's GET starts, and its headers give the size."""
         match self.ctx.size_probes:
             case "off":
-                return self.attributes()
+                if self.ctx.listing_stat(build_inode(self.build.id)):
+                    return self.attributes()
             case "ahead":
                 self.ctx.scanner.stat(self.build.id, self.download, self.name)
             case "stat":

@@ -80,7 +80,11 @@ def _requests(status: dict[str, object]) -> Counter[str]:
 
 def _timed(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, timeout=120)
+    done = subprocess.run(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{argv[-1]}: {done.stderr.decode(errors='replace')}")
     return time.perf_counter() - start
 
 

@@ -25,6 +25,8 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Run from "/", so that ``-m mkwfs`` imports the installed package or ``--product``'s
+#: checkout, never one in the current directory.
 MKWFS = [sys.executable, "-m", "mkwfs"]
 #: The first id of the emulator's extra builds (mkwfs.emulator.dataset.EXTRA_BUILDS).
 EXTRA_BUILDS = 100_000
@@ -66,7 +68,7 @@ def _daemon_of(mountpoint: Path) -> int:
 
 
 def _status(mountpoint: Path, env: dict[str, str]) -> dict[str, object]:
-    result = subprocess.run([*MKWFS, "status", "--json", str(mountpoint)], env=env,
+    result = subprocess.run([*MKWFS, "status", "--json", str(mountpoint)], env=env, cwd="/",
                             capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
     answer: dict[str, object] = json.loads(result.stdout)
     return answer
@@ -81,7 +83,7 @@ def _requests(status: dict[str, object]) -> Counter[str]:
 def _timed(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     done = subprocess.run(
-        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120
+        argv, env=env, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120
     )
     if done.returncode != 0:
         raise SystemExit(f"{argv[-1]}: {done.stderr.decode(errors='replace')}")
@@ -107,7 +109,9 @@ def one_run(url: str, token: str, build_id: int, product: Path | None) -> dict[s
             check = _requests(second) - _requests(first)
             sent = _requests(first) - check
         finally:
-            subprocess.run([*MKWFS, "umount", str(mountpoint)], env=env, check=False, timeout=60)
+            subprocess.run(
+                [*MKWFS, "umount", str(mountpoint)], env=env, cwd="/", check=False, timeout=60
+            )
     return {"mount_s": mount_s, "ls_builds_s": ls_s, "ls_l_build_s": ls_l_s,
             "peak_rss_mib": peak, "requests": dict(sorted(sent.items()))}  # fmt: skip
 

@@ -113,7 +113,9 @@ class Processes:
 
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start(self, argv: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    def start(
+        self, argv: Sequence[str], env: dict[str, str], log: Path
+    ) -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:
             # A group of its own: stopping strace must stop the program it traces too.
             process = subprocess.Popen(

@@ -294,3 +294,4 @@ async def test_sniffing_the_members_of_an_emulator_archive_fetches_their_heads(
                   for o in range(0, whole.size, 128 * 1024)]  # fmt: skip
         assert sum(map(len, pieces)) == whole.size
         assert emulator.stats.body_gets - gets == 5  # the rest of it, in one GET
+

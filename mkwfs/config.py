@@ -30,7 +30,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from mkwfs.remote.api import Credentials
@@ -109,6 +109,19 @@ def parse_umask(value: object) -> int:
     if not 0 <= mask <= 0o777:
         raise ValueError("expected an octal mask from 000 to 777")
     return mask
+
+
+#: ``--size-probes``: when a HEAD asks a body's size (see docs/semantics.md).
+SizeProbes = Literal["ahead", "stat", "off"]
+SIZE_PROBES: tuple[SizeProbes, ...] = ("ahead", "stat", "off")
+
+
+def parse_size_probes(value: object) -> SizeProbes:
+    text = _text(value).lower()
+    for mode in SIZE_PROBES:
+        if text == mode:
+            return mode
+    raise ValueError(f"expected one of {', '.join(SIZE_PROBES)}")
 
 
 def parse_bool(value: object) -> bool:
@@ -209,6 +222,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("timeout", "seconds an access waits for the server (a listing, a size, a read "
            "whose bytes stopped coming) before it fails with EIO", "SECONDS", parse_seconds,
            "mount", "15"),
+    Option("size_probes", "when sizes are asked with a HEAD, which some servers count as a "
+           "download: ahead (during ls -l, many at once), stat (only the file stat'ed), off "
+           "(never: a size is shown once the file was read)", "MODE", parse_size_probes,
+           "mount", "ahead"),
     Option("foreground", "serve in this process until unmounted or SIGTERM/SIGINT, logging "
            "to stderr", None, parse_bool, "mount", "off"),
     Option("debug", "log every request: method, path, status, bytes, time", None, parse_bool,
@@ -499,6 +516,7 @@ class Config:
     dir_ttl: float = DEFAULT_TTL
     attr_ttl: float = DEFAULT_TTL
     timeout: float = DEFAULT_TIMEOUT
+    size_probes: SizeProbes = "ahead"
     foreground: bool = False
     debug: bool = False
     log_file: Path | None = None

@@ -7,7 +7,9 @@ most once per key at a time, every request bounded by ``timeout`` seconds (then
 
 * the list of builds, projects and patterns for ``dir_ttl`` seconds;
 * a build's downloads for ``final_ttl`` once the build is FINISHED, FAILED or CANCELED (they
-  can no longer change), for ``live_ttl`` while it is BUILDING;
+  can no longer change), for ``live_ttl`` while it is BUILDING; those of a build that is
+  over come from its object (real build objects carry their ``downloads``) when it has
+  them, with no request; a running build's are asked of ``/downloads?build_id=N``;
 * a build's record, and a group's builds, for ``dir_ttl``, or ``live_ttl`` while one of them
   is running.
 
@@ -21,6 +23,7 @@ runs the TTLs (trio's clock); ``wall`` dates the facts in the store (``time.time
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Literal, TypeVar
@@ -34,6 +37,7 @@ from mkwfs.remote.api import ApiClient
 from mkwfs.remote.errors import TransportError
 from mkwfs.remote.models import Build, Download
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -48,8 +52,17 @@ def belongs_to(build: Build, kind: GroupKind, group_id: int) -> bool:
     says (a record without the field is trusted to, since the server filtered it)."""
     if kind == "project":
         return build.project_id in (None, group_id)
-    patterns = build.raw.get("patterns")
-    return not isinstance(patterns, list) or group_id in patterns
+    return build.patterns is None or group_id in build.patterns
+
+
+def _embedded(build: Build) -> list[Download] | None:
+    """The downloads ``build``'s object carries, or None (none there, or one that is not a
+    download object: then the build's list is asked instead)."""
+    try:
+        return build.embedded_downloads()
+    except ValueError as exc:
+        log.info("the downloads in build %d's object are unusable: %s", build.id, exc)
+        return None
 
 
 class Catalog:
@@ -85,6 +98,9 @@ class Catalog:
         self._group_builds = StateAwareCache[tuple[GroupKind, int], dict[int, Build]](
             final_ttl=dir_ttl, live_ttl=live_ttl, timer=timer
         )
+        #: Builds whose listing was dropped (``refresh``): asked of the API once, not
+        #: taken from the object in the list of builds that is still cached.
+        self._dropped: set[int] = set()
         self._store = MemoryStore() if store is None else store
         self._clocks = (timer, wall)
         self._last_builds: LastGood[None, dict[int, Build]] = self._last_good("builds", 1)
@@ -148,11 +164,16 @@ class Catalog:
         """The build's downloads, in the API's order (those of other builds left out)."""
 
         async def load() -> tuple[list[Download], bool]:
-            # A build already known to be over has all its files: its listing is final.
-            final = self.fresh_build(build).is_final
-            found = await self._ask(lambda: self._api.list_downloads(build.id))
+            # A build already known to be over has all its files: its listing is final,
+            # and those its object carries are all there are: no request for them.
+            fresh = self.fresh_build(build)
+            dropped = build.id in self._dropped
+            self._dropped.discard(build.id)
+            found = _embedded(fresh) if fresh.is_final and not dropped else None
+            if found is None:
+                found = await self._ask(lambda: self._api.list_downloads(build.id))
             mine = [d for d in found if d.build_id in (None, build.id) and d.id < self._id_limit]
-            return mine, final
+            return mine, fresh.is_final
 
         return await self._last_downloads.get(build.id, lambda: self._downloads.get(build.id, load))
 
@@ -213,6 +234,7 @@ class Catalog:
 
     def invalidate_build(self, build_id: int) -> None:
         """Forget what is cached of one build: its downloads and its record."""
+        self._dropped.add(build_id)
         self._downloads.invalidate(build_id)
         self._records.invalidate(build_id)
         self._last_downloads.retry_now()

@@ -1,8 +1,12 @@
 """Sizes of download bodies: known, probed in batches, and kept in a size log.
 
-A size is a fact from the API (a HEAD, a ranged GET's headers, or the body itself) and a
-download id's bytes never change, so a size once learnt is kept for good: in memory, and in
-the size log (a line ``<id> <size>`` each, appended as sizes are learnt) for the next mount.
+A size is a fact from the API (a HEAD, any GET's headers: ``Content-Length`` or the total of
+``Content-Range``, or the body itself) and a download id's bytes never change, so a size
+once learnt is kept for good: in memory, and in the size log (a line ``<id> <size>`` each,
+appended as sizes are learnt) for the next mount. A file that was read is therefore never
+probed, in this mount or the next. Sizes stay in this log rather than in the catalog's
+database: they are facts about bodies, never revalidated, written as reads learn them (an
+append, no transaction), and the content store's complete bodies tell theirs anyway.
 
 ``prefetch_sizes`` queues probes for a directory about to be listed; they run in batches
 that take what is queued while they run, at most ``SizeConfig.concurrent_probes`` requests
@@ -37,6 +41,10 @@ class SizeConfig:
     concurrent_probes: int = 16
     #: Seconds the sizes found meanwhile gather before they are appended to the size log.
     gathering: float = 0.25
+    #: False: no HEAD (nor its ranged GET stand-in) at all, for servers that count one as a
+    #: download (``--size-probes off``): a size comes from the GET of the body, which the
+    #: read that needs it sends anyway; ``prefetch`` does nothing.
+    probes: bool = True
 
 
 #: Sizes already on disk besides the log (complete bodies): a blocking call, run in the
@@ -122,6 +130,8 @@ class SizeRegistry:
     def prefetch(self, download_ids: Iterable[int]) -> None:
         """Probe these sizes in the background, a bounded number at a time. A ``size`` call
         for one of them meanwhile waits for its probe rather than sending another."""
+        if not self._config.probes:
+            return
         wanted = [i for i in download_ids if i not in self._sizes and i not in self._queued]
         for download_id in wanted:
             self._queued[download_id] = trio.Event()
@@ -228,6 +238,8 @@ class SizeRegistry:
         stored = self._sizes.get(download_id)
         if stored is not None:
             return stored
+        if not self._config.probes:
+            return await self._from_body(download_id)
         info = await self._api.probe_download(download_id)
         if info.size is not None:
             self.remember(download_id, info.size)

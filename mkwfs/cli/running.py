@@ -68,6 +68,8 @@ def _format_status(state: Mapping[str, Any]) -> str:
         f"requests:  {sum(requests.values())} ({by_kind or 'none'}), "
         f"{human_size(api['bytes_received'])} received; "
         f"last success {_ago(api['last_success'], now)}",
+        f"counted:   {api.get('counted_downloads', 0)} body GETs and HEADs, which a server "
+        "may count as downloads",
         f"errors:    {errors}",
         f"cache:     {cache['dir']}: {human_size(cache['cached_bytes'])} "
         f"({'of ' + human_size(cache['max_bytes']) if cache['max_bytes'] else 'no bound'}); "

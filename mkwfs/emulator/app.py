@@ -65,7 +65,9 @@ class Emulator:
 
     def __init__(self, config: EmulatorConfig = DEFAULT_CONFIG) -> None:
         self._config = config
-        self._records = Records(config.big_file_size)
+        self._records = Records(
+            config.big_file_size, config.extra_builds, config.downloads_per_build
+        )
         self.builds: list[JSON] = self._records.builds
         self.downloads: dict[int, JSON] = self._records.downloads
         self.projects: list[JSON] = self._records.projects

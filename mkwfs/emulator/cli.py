@@ -35,6 +35,9 @@ def config_from(args: argparse.Namespace) -> EmulatorConfig:
     return EmulatorConfig(
         seed=args.seed,
         big_file_size=args.big_file_size,
+        extra_builds=args.extra_builds,
+        embed_downloads=not args.no_embedded_downloads,
+        downloads_per_build=args.downloads_per_build,
         page_size=args.page_size,
         head=not args.no_head,
         ranges=not args.no_ranges,
@@ -74,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--big-file-size", type=int, default=defaults.big_file_size,
                         metavar="BYTES")  # fmt: skip
+    parser.add_argument("--extra-builds", type=int, default=0, metavar="N",
+                        help="add N finished builds (a dataset for benchmarks)")  # fmt: skip
+    parser.add_argument("--downloads-per-build", type=int, default=defaults.downloads_per_build,
+                        metavar="M", help="... of M small downloads each")  # fmt: skip
+    parser.add_argument("--no-embedded-downloads", action="store_true",
+                        help="build objects without their downloads")  # fmt: skip
     parser.add_argument("--no-head", action="store_true", help="answer HEAD with 405")
     parser.add_argument("--no-ranges", action="store_true", help="ignore Range headers")
     parser.add_argument("--no-content-length", action="store_true",

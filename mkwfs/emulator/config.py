@@ -14,9 +14,10 @@ Ending = Literal["close", "reset"]
 
 @dataclass(frozen=True)
 class EmulatorConfig:
-    """How the emulated server behaves. ``seed``, ``big_file_size`` and ``data_dir`` are read
-    when an `Emulator` is created; everything else on every request, so a test may swap the
-    config of a running emulator with ``dataclasses.replace`` (setting ``down`` acts at once).
+    """How the emulated server behaves. ``seed``, ``big_file_size``, ``data_dir``,
+    ``extra_builds`` and ``downloads_per_build`` are read when an `Emulator` is created;
+    everything else on every request, so a test may swap the config of a running emulator
+    with ``dataclasses.replace`` (setting ``down`` acts at once).
 
     Random choices (``jitter``, ``fail_rate``) come from one generator seeded with ``seed``,
     so the same requests in the same order meet the same faults."""
@@ -26,6 +27,11 @@ class EmulatorConfig:
     big_file_size: int = 256 * 2**20
     #: Where generated bodies live; default $XDG_CACHE_HOME/mkwfs-emulator/<seed>-<size>.
     data_dir: Path | None = None
+    #: Builds added to the fixed ones (ids from ``EXTRA_BUILDS``), each FINISHED with
+    #: ``downloads_per_build`` small downloads embedded in its object as real builds carry
+    #: them: a dataset of many builds for benchmarks (10,000 x 10: 31 MB of builds list).
+    extra_builds: int = 0
+    downloads_per_build: int = 10
     email: str = "demo@metakraftwerk.example"
     password: str = "demo-password"
     #: Seconds a token is valid from its issue (to the server exactly; the ``exp`` claim is,
@@ -43,6 +49,9 @@ class EmulatorConfig:
     #: The most records a page holds, whatever ``$limit`` asks (Feathers' ``paginate.max``,
     #: capped silently); None: ``page_size``. Feathers' standard: page_size 10, page_max 50.
     page_max: int | None = None
+    #: Build objects carry their ``downloads``, as the API documents; False: without the
+    #: key (a server that leaves them out: a build's files then need their list request).
+    embed_downloads: bool = True
     #: False: HEAD -> 405 MethodNotAllowed (Feathers 5).
     head: bool = True
     #: HEAD of any API path -> 405 ``Method HEAD not allowed``, before authentication, as

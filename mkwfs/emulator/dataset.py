@@ -30,6 +30,9 @@ MEDIUM_FILE_SIZE: Final = 32 * 2**20
 _CUSTOMER_ID: Final = 1
 #: The first id `Records.add_download` gives.
 _ADDED_DOWNLOADS: Final = 7000
+#: The first id of the builds ``EmulatorConfig.extra_builds`` adds, and of their downloads.
+EXTRA_BUILDS: Final = 100_000
+EXTRA_DOWNLOADS: Final = 1_000_000
 #: The resources of the API, as they appear in its paths.
 RESOURCES: Final = ("builds", "downloads", "projects", "patterns")
 
@@ -171,8 +174,9 @@ class _Dataset:
         return entry
 
 
-def make_dataset(big_file_size: int) -> _Dataset:
-    """The fixed builds, downloads, projects and patterns; bodies are only described here."""
+def make_dataset(big_file_size: int, extra_builds: int = 0, per_build: int = 10) -> _Dataset:
+    """The fixed builds, downloads, projects and patterns, then ``extra_builds`` more of
+    ``per_build`` downloads each; bodies are only described here."""
     projects = [
         {"id": ident, "name": name, "deleted": False, "disabled": ident == 406}
         for ident, name in _PROJECTS
@@ -227,7 +231,24 @@ def make_dataset(big_file_size: int) -> _Dataset:
                       (811, 812), releases=(32,))  # fmt: skip
     download(forbidden, 5460, 811, 3)
     download(forbidden, 5461, 812, 3)
+    _add_extra_builds(data, day + dt.timedelta(days=4), extra_builds, per_build)
     return data
+
+
+def _add_extra_builds(data: _Dataset, start: dt.datetime, count: int, per_build: int) -> None:
+    """``count`` FINISHED builds, ids from ``EXTRA_BUILDS``, a minute apart, with
+    ``per_build`` small downloads each (ids from ``EXTRA_DOWNLOADS``)."""
+    projects, patterns = [p[0] for p in _PROJECTS[:3]], [p[0] for p in _PATTERNS]
+    for index in range(count):
+        ident = EXTRA_BUILDS + index
+        chosen = [patterns[(index + k) % len(patterns)] for k in range(min(per_build, 3) or 1)]
+        begun = start + dt.timedelta(minutes=index)
+        project = projects[index % len(projects)]
+        record = data.add_build(ident, project, "FINISHED", begun, 60 + index % 600, chosen)
+        for number in range(per_build):
+            data.add_download(record, EXTRA_DOWNLOADS + index * per_build + number,
+                              chosen[number % len(chosen)], 2 + number % 3,
+                              stem=f"RESULT_{ident}_{number:03d}")  # fmt: skip
 
 
 class Records:
@@ -236,9 +257,9 @@ class Records:
     ``patterns`` keep their identity for the emulator's life; a build's ``downloads`` are
     the same objects as in ``downloads``, whose bodies ``bodies`` describes."""
 
-    def __init__(self, big_file_size: int) -> None:
-        self._big_file_size = big_file_size
-        data = make_dataset(big_file_size)
+    def __init__(self, big_file_size: int, extra_builds: int = 0, per_build: int = 10) -> None:
+        self._made = (big_file_size, extra_builds, per_build)
+        data = make_dataset(*self._made)
         self.builds: list[JSON] = data.builds
         self.downloads: dict[int, JSON] = data.downloads
         self.projects: list[JSON] = data.projects
@@ -336,7 +357,7 @@ class Records:
 
     def reset(self) -> None:
         """Builds and downloads as they were made (ids given stay given)."""
-        fresh = make_dataset(self._big_file_size)
+        fresh = make_dataset(*self._made)
         with self._lock:
             self.builds[:] = fresh.builds
             self.downloads.clear()

@@ -96,7 +96,7 @@ class Queries:
         record = self._records.record(resource, ident)
         if record is None:
             return error_response(404, f"No record found for id '{ident}'")
-        return json_response(200, record)
+        return json_response(200, self._shown(resource, [record])[0])
 
     def find(self, resource: str, params: httpx.QueryParams) -> httpx.Response:
         """The list of ``resource`` that ``params`` asks for; 400 for a filter the server
@@ -106,9 +106,16 @@ class Queries:
             missing = self._missing_build(resource, params)
             if missing is not None:
                 return error_response(404, f"No record found for id '{missing}'")
-            return self._page(self._matching(resource, params), params)
+            return self._page(self._shown(resource, self._matching(resource, params)), params)
         except BadQuery as exc:
             return error_response(400, str(exc))
+
+    def _shown(self, resource: str, records: list[JSON]) -> list[JSON]:
+        """The records as the answer shows them: builds without ``downloads`` unless
+        ``config.embed_downloads``."""
+        if resource != "builds" or self._config().embed_downloads:
+            return records
+        return [{k: v for k, v in r.items() if k != "downloads"} for r in records]
 
     def _ids_named(self, resource: str, name: str) -> set[int]:
         return {r["id"] for r in self._records.snapshot(resource) if r["name"] == name}

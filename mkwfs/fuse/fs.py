@@ -152,13 +152,14 @@ class MkwfsOperations(pyfuse3.Operations):
     @override
     async def getattr(self, inode: InodeT, ctx: RequestContext) -> EntryAttributes:
         with _fuse_errors("stat", self._tree, inode):
-            return self._entry(await self._tree.getattr(inode))
+            return self._entry(await self._tree.getattr(inode, ctx.pid))
 
     @override
     async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
         with _fuse_errors("opendir", self._tree, inode):
             if not self._tree.is_dir(inode):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
+            self._tree.opened_dir(inode, ctx.pid)
             handle = self._new_handle()
             self._open_dirs[handle] = _OpenDir(inode)
             return handle
@@ -195,7 +196,7 @@ class MkwfsOperations(pyfuse3.Operations):
         """Nothing is downloaded here, only in ``read``. A file whose bytes never change
         keeps the kernel's page cache across opens (``keep_cache``); a generated one
         (``.build.json``) is read from this handle's snapshot, past any size the kernel
-        cached (``direct_io``)."""
+        cached (``direct_io``), as is a body opened before its size was known."""
         with _fuse_errors("open", self._tree, inode):
             if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
                 _read_only()
@@ -203,7 +204,9 @@ class MkwfsOperations(pyfuse3.Operations):
             handle = self._new_handle()
             self._open_files[handle] = opened
             return FileInfo(
-                fh=handle, keep_cache=opened.keep_cache, direct_io=opened.snapshot is not None
+                fh=handle,
+                keep_cache=opened.keep_cache,
+                direct_io=opened.snapshot is not None or opened.direct_io,
             )
 
     @override

@@ -30,7 +30,9 @@ import trio
 from pyfuse3 import InodeT
 
 from mkwfs import __version__
+from mkwfs.catalog.sizes import SizeConfig
 from mkwfs.config import Config
+from mkwfs.content.config import ContentConfig
 from mkwfs.content.store import ContentStore, open_content_store
 from mkwfs.fuse.checks import mount_entry
 from mkwfs.fuse.control import SendProgress, serve_control
@@ -148,6 +150,9 @@ class _Mount:
                 "error": api_error,
                 "checked_at": checked,
                 "requests": dict(self.api.requests),
+                # What a server that counts HEADs too may have counted in `downloaded`.
+                "counted_downloads": self.api.requests["GET /api/v1/downloads/:id"]
+                + self.api.requests["HEAD /api/v1/downloads/:id"],
                 "bytes_received": stats.bytes_received,
                 "failures": dict(stats.failures),
                 "last_success": stats.last_success,
@@ -218,7 +223,12 @@ async def _serve(config: Config, on_ready: Callable[[], None]) -> None:
         builds = await api.list_builds()
         content = await nursery.start(_serve_content, api, config)
         tree = Tree(
-            api, content, dir_ttl=config.dir_ttl, attr_ttl=config.attr_ttl, timeout=config.timeout
+            api,
+            content,
+            dir_ttl=config.dir_ttl,
+            attr_ttl=config.attr_ttl,
+            timeout=config.timeout,
+            size_probes=config.size_probes,
         )
         tree.seed_builds(builds)
         mount = _Mount(config, api, content, tree)
@@ -257,8 +267,13 @@ async def _serve_content(
 ) -> None:
     """Run the content store until the mount ends; then what partial bodies hold is
     recorded, for the next mount to resume."""
+    sizes = SizeConfig(probes=config.size_probes != "off")
     async with open_content_store(
-        api, config.cache_dir, max_bytes=config.cache_max_size, stall_timeout=config.timeout
+        api,
+        config.cache_dir,
+        max_bytes=config.cache_max_size,
+        stall_timeout=config.timeout,
+        config=ContentConfig(sizes=sizes),
     ) as content:
         task_status.started(content)
         await trio.sleep_forever()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 
@@ -34,8 +34,10 @@ from mkwfs.remote.payloads import (
     JSON_BODY_LIMIT,
     JSON_DEPTH_LIMIT,
     PAGE_LIMIT,
+    ItemParser,
     Listing,
     decode_json,
+    decode_list,
     json_object,
 )
 from mkwfs.remote.probes import NO_HEAD_STATUSES, HeadBatches, SizeProbes
@@ -176,7 +178,7 @@ class ApiClient:
 
     async def list_builds(self, **filters: str | int) -> list[Build]:
         """``GET /api/v1/builds`` with the given filters (``project_id=402``, ...)."""
-        return await self._list("/api/v1/builds", filters, parse_build)
+        return await self._list_items("/api/v1/builds", filters, parse_build)
 
     async def get_build(self, build_id: int) -> Build:
         """``GET /api/v1/builds/:id``; ``NotFound`` for an unknown id."""
@@ -201,23 +203,37 @@ class ApiClient:
     ) -> list[T]:
         """GET a list in pages of the largest size the server allows (`payloads.Listing`).
         ``ProtocolError`` for pages that do not add up."""
+        return await self._list_items(path, params, lambda item, _source: parse(item))
+
+    async def _list_items(
+        self, path: str, params: Mapping[str, str | int], parse: ItemParser[T]
+    ) -> list[T]:
+        """`_list`, each item parsed as it is read with its JSON text (`decode_list`)."""
         first_page = self._session.http.build_request("GET", self._session.url(path), params=params)
         listing = Listing(self._page_limit)
         while not listing.done:
-            data = await self._get_json(path, {**params, **listing.params()})
+            data = await self._get_json(path, {**params, **listing.params()}, parse)
             try:
                 listing.add(data)
             except ValueError as exc:
                 raise protocol_error(first_page, exc) from exc
-        return [_parsed(parse, item, first_page) for item in listing.items]
+        return cast(list[T], listing.items)
 
-    async def _get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
-        """GET ``path`` and decode its JSON body; retried per the policy."""
+    async def _get_json(
+        self,
+        path: str,
+        params: Mapping[str, str | int] | None = None,
+        parse_items: ItemParser[Any] | None = None,
+    ) -> Any:
+        """GET ``path`` and decode its JSON body (a list's items with ``parse_items``, see
+        `decode_list`); retried per the policy."""
 
         async def once() -> Any:
             async with self._session.exchange("GET", path, params=params) as response:
                 body = await read_body(response)
                 try:
+                    if parse_items is not None:
+                        return decode_list(body, parse_items)
                     return decode_json(body)
                 except ValueError as exc:
                     raise protocol_error(response.request, exc) from exc

@@ -91,9 +91,10 @@ def map_httpx_error(exc: httpx.HTTPError, request: httpx.Request) -> ApiError:
     )
 
 
-async def read_body(response: httpx.Response) -> bytes:
-    """The whole body of a successful metadata response; ``ProtocolError`` beyond
-    ``JSON_BODY_LIMIT`` bytes (whatever ``Content-Length`` claims)."""
+async def read_body(response: httpx.Response) -> bytearray:
+    """The whole body of a successful metadata response (not copied into ``bytes``: a list
+    of many builds is tens of MB); ``ProtocolError`` beyond ``JSON_BODY_LIMIT`` bytes
+    (whatever ``Content-Length`` claims)."""
     body = bytearray()
     try:
         async for chunk in response.aiter_bytes():
@@ -104,7 +105,7 @@ async def read_body(response: httpx.Response) -> bytes:
                 )
     except httpx.HTTPError as exc:
         raise map_httpx_error(exc, response.request) from exc
-    return bytes(body)
+    return body
 
 
 async def raise_for_status(response: httpx.Response, *, can_login: bool) -> None:

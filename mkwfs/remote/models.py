@@ -3,6 +3,11 @@
 ``parse_build`` and ``parse_download`` accept what a real server may send (missing optional
 fields, nulls, extra fields) and raise ``ValueError`` for what no server should send (an
 object without an integer ``id``); the API client turns that into ``ProtocolError``.
+
+A `Build` is compact: the fields the tree needs, and the object's JSON text as the server
+sent it (``source``, often a view of the list's body), decoded again only for
+``.build.json``, extended attributes and its embedded downloads. A list of 10,000 builds
+of 10 downloads each (31 MB of JSON) then costs the body, not a dict tree of 20 KB a build.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
+
+from mkwfs.remote.payloads import JSON_DEPTH_LIMIT, nesting_exceeds
 
 JSONObject = Mapping[str, Any]
 
@@ -30,7 +37,33 @@ class Build:
     build_end: float | None
     updated_at: float | None
     created_at: float | None
-    raw: JSONObject = field(repr=False, compare=False)
+    #: The object's JSON text (UTF-8) as the server sent it.
+    source: bytes | memoryview = field(repr=False, compare=False)
+    #: The ``patterns`` ids, or None when the object has no such list.
+    patterns: tuple[int, ...] | None = field(default=None, compare=False)
+    #: Whether the object carries its ``downloads`` (real build objects do).
+    has_downloads: bool = field(default=False, compare=False)
+
+    @functools.cached_property
+    def raw(self) -> JSONObject:
+        """The object as the server sent it (decoded from ``source`` once, then kept)."""
+        return self._decoded()
+
+    def _decoded(self) -> JSONObject:
+        decoded = json.loads(bytes(self.source).decode("utf-8", "replace"))
+        if nesting_exceeds(decoded, JSON_DEPTH_LIMIT - 1):
+            # What walks it (the JSON encoder, the views) must not recurse without bound.
+            raise ValueError(f"build {self.id}'s object nests more than {JSON_DEPTH_LIMIT} levels")
+        return cast(JSONObject, decoded)
+
+    def embedded_downloads(self) -> list[Download] | None:
+        """The downloads the object carries, or None when it has no ``downloads`` list.
+        ``ValueError`` for one that is not a download object."""
+        if not self.has_downloads:
+            return None
+        whole = self.__dict__.get("raw") or self._decoded()  # not kept for this
+        entries = whole.get("downloads")
+        return [parse_download(entry) for entry in entries] if isinstance(entries, list) else None
 
     @property
     def is_final(self) -> bool:
@@ -122,8 +155,15 @@ def _opt_str(obj: JSONObject, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def parse_build(obj: object) -> Build:
+def parse_build(obj: object, source: bytes | memoryview | None = None) -> Build:
+    """The build ``obj``; ``source`` is its JSON text as sent (encoded from ``obj`` when
+    not given)."""
     mapping, ident = _require_id(obj, "build")
+    if source is None:
+        source = json.dumps(mapping, ensure_ascii=False, separators=(",", ":")).encode(
+            "utf-8", "replace"
+        )
+    patterns = mapping.get("patterns")
     return Build(
         id=ident,
         status=_opt_str(mapping, "status") or "UNKNOWN",
@@ -132,7 +172,11 @@ def parse_build(obj: object) -> Build:
         build_end=parse_timestamp(mapping.get("build_end")),
         updated_at=parse_timestamp(mapping.get("updated_at")),
         created_at=parse_timestamp(mapping.get("created_at")),
-        raw=mapping,
+        source=source,
+        patterns=tuple(p for p in patterns if isinstance(p, int))
+        if isinstance(patterns, list)
+        else None,
+        has_downloads=isinstance(mapping.get("downloads"), list),
     )
 
 

@@ -37,5 +37,8 @@ class OpenFile:
     ino: int
     keep_cache: bool
     snapshot: bytes | None = None
+    #: The kernel must pass every read on, up to the end of the body, rather than stop at
+    #: the size it knows: a body opened before its size was known (``--size-probes off``).
+    direct_io: bool = False
     #: The download whose body this handle reads, held in the cache until ``close``.
     download_id: int | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import assert_never
 
 from mkwfs.remote.models import Build, Download
 from mkwfs.tree import views
@@ -109,7 +110,10 @@ class BuildDir(Directory):
         return None if download is None else self._file(name, download)
 
     async def handout(self, entries: Entries) -> int:
-        """In a scan, the next files with their sizes; else few of unknown size (``scan``)."""
+        """In a scan, the next files with their sizes; else few of unknown size (``scan``).
+        Without probes ahead (``--size-probes stat`` or ``off``), all of them."""
+        if self.ctx.size_probes != "ahead":
+            return len(entries)
         files = [node.download.id if isinstance(node, File) else None for _, node in entries]
         return await self.ctx.scanner.handout(self.build.id, files)
 
@@ -142,16 +146,38 @@ class File(Node):
         return ctx.file_attributes(self.ino, size or 0, mtime, timeout)
 
     async def getattr(self) -> Attributes:
-        """With the true size, probed if not known yet (a scan probes ahead: ``scan``)."""
-        self.ctx.scanner.stat(self.build.id, self.download, self.name)
+        """With the true size, probed if not known yet (a scan probes ahead: ``scan``,
+        unless ``--size-probes stat``). With ``--size-probes off``, a listing's stat (from
+        the process that opened the build's directory: ``ls -l``, ``cp -r``) gets the size
+        known, 0 with a zero attribute timeout until the body was read; any other stat is
+        taken as the start of a read (``unzip`` takes the size from a stat before it
+        opens): the body's GET starts, and its headers give the size."""
+        match self.ctx.size_probes:
+            case "off":
+                if self.ctx.listing_stat(build_inode(self.build.id)):
+                    return self.attributes()
+            case "ahead":
+                self.ctx.scanner.stat(self.build.id, self.download, self.name)
+            case "stat":
+                pass
+            case other:
+                assert_never(other)
         return self._sized(await self.ctx.known_size(self.download.id))
 
     async def xattrs(self) -> dict[bytes, bytes]:
         return views.xattrs("download", views.DOWNLOAD_FIELDS, self.download.raw)
 
     async def open(self) -> OpenFile:
-        self.ctx.content.hold(self.download.id)
-        return OpenFile(self.ino, keep_cache=True, download_id=self.download.id)
+        """A body of unknown size (``--size-probes off``) starts its GET here, whose headers
+        tell the size before ``open`` returns: the kernel's next stat or ``lseek(SEEK_END)``
+        (unzip) sees it. This handle passes every read on (``direct_io``): the kernel may
+        still hold the size 0 it was told before."""
+        download_id = self.download.id
+        unknown = self.ctx.size_probes == "off" and self.ctx.content.known_size(download_id) is None
+        if unknown:
+            await self.ctx.known_size(download_id)
+        self.ctx.content.hold(download_id)
+        return OpenFile(self.ino, keep_cache=True, download_id=download_id, direct_io=unknown)
 
     async def read(self, offset: int, length: int) -> bytes | memoryview:
         """Perhaps a view of bytes in memory (see ``ContentStore.read_buffer``)."""

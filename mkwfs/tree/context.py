@@ -8,7 +8,8 @@ same listing object (cached, or the last good one), its names are not made again
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from contextvars import ContextVar
+from typing import Generic, Literal, TypeVar
 
 import cachetools
 import trio
@@ -32,6 +33,12 @@ V = TypeVar("V")
 #: them in, so ``ls -l`` stats them in the order a scan probes them.
 Listing = dict[bytes, Download]
 Groups = dict[bytes, views.Group]
+#: When sizes are probed (``--size-probes``): ahead of an ``ls -l`` scan, only for the file
+#: stat'ed, or never (a size is learnt from the GET that reads the body).
+SizeProbes = Literal["ahead", "stat", "off"]
+#: The process a request comes from (pyfuse3's ``ctx.pid``; 0 when not known), set by the
+#: tree for the request it serves.
+REQUESTER: ContextVar[int] = ContextVar("REQUESTER", default=0)
 
 
 class _Derived(Generic[K, S, V]):
@@ -69,9 +76,14 @@ class Context:
         dir_ttl: float,
         attr_ttl: float,
         mount_time: float,
+        size_probes: SizeProbes = "ahead",
         timer: Callable[[], float] = trio.current_time,
     ) -> None:
         self.catalog = catalog
+        self.size_probes: SizeProbes = size_probes
+        #: The process that last opened each directory (by inode): a stat from it is part
+        #: of a listing (``ls -l``), not of an access to the file (``--size-probes off``).
+        self.listers: cachetools.LRUCache[int, int] = cachetools.LRUCache(maxsize=4096)
         self.content = content
         self.dir_ttl = dir_ttl
         self.attr_ttl = attr_ttl
@@ -115,6 +127,12 @@ class Context:
         if latest is None:
             raise NoSuchEntry(f"{group.kind} {group.id} has no finished build")
         return latest
+
+    def listing_stat(self, directory: int) -> bool:
+        """Whether the stat being served comes from the process that opened ``directory``
+        last (or from no known process): a listing's stat, not the start of a read."""
+        pid = REQUESTER.get()
+        return pid == 0 or self.listers.get(directory) == pid
 
     # -- attributes --------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ from mkwfs.remote.models import Build
 from mkwfs.tree import views
 from mkwfs.tree.attributes import Attributes, Kind, OpenFile
 from mkwfs.tree.builds import BUILD_JSON_NAME, BuildsDir, Root
-from mkwfs.tree.context import Context, Listing
+from mkwfs.tree.context import REQUESTER, Context, Listing, SizeProbes
 from mkwfs.tree.groups import LATEST_NAME, GroupsDir
 from mkwfs.tree.inodes import (
     ARCHIVE_BASE,
@@ -138,6 +138,7 @@ class Tree:
         timeout: float = 15.0,
         timer: Callable[[], float] = trio.current_time,
         mount_time: float | None = None,
+        size_probes: SizeProbes = "ahead",
     ) -> None:
         self.timeout = timeout
         self.dir_ttl = dir_ttl
@@ -159,8 +160,10 @@ class Tree:
             dir_ttl=dir_ttl,
             attr_ttl=attr_ttl,
             mount_time=time.time() if mount_time is None else mount_time,
+            size_probes=size_probes,
             timer=timer,
         )
+        self._ctx = ctx
         self._fixed = _fixed_nodes(ctx)
         self._nodes: dict[int, Node] = dict(self._fixed)
         self._lookups: Counter[int] = Counter()
@@ -250,11 +253,20 @@ class Tree:
 
     # -- attributes --------------------------------------------------------------------
 
-    async def getattr(self, ino: int) -> Attributes:
+    async def getattr(self, ino: int, pid: int = 0) -> Attributes:
         """Attributes with the true size: a download's size is probed if not known yet
         (and a scan seen, see ``scan``); ``.build.json`` and ``latest`` are brought up to
-        date."""
-        return await self._node(ino).getattr()
+        date. ``pid``: the process that asks (``--size-probes off`` tells a listing's stat
+        from a reader's by it)."""
+        token = REQUESTER.set(pid)
+        try:
+            return await self._node(ino).getattr()
+        finally:
+            REQUESTER.reset(token)
+
+    def opened_dir(self, ino: int, pid: int) -> None:
+        """Process ``pid`` opened directory ``ino`` (to list it)."""
+        self._ctx.listers[ino] = pid
 
     def is_dir(self, ino: int) -> bool:
         return self._node(ino).attributes().is_dir

@@ -17,7 +17,15 @@ import trio.testing
 from mkwfs.catalog.listings import Catalog, belongs_to
 from mkwfs.catalog.stale import STALE_RETRY
 from mkwfs.catalog.store import FactStore, FactTable, Fetched, MemoryStore
-from mkwfs.emulator import BUILDING_BUILD, DEMO_BUILD, Emulator
+from mkwfs.emulator import (
+    AWKWARD_BUILD,
+    BIG_BUILD,
+    BUILDING_BUILD,
+    DEMO_BUILD,
+    FAILED_BUILD,
+    LARGE_BUILD,
+    Emulator,
+)
 from mkwfs.remote.errors import NotFound, TransportError
 from mkwfs.remote.models import Build, parse_build
 from tests.helpers import open_api
@@ -85,15 +93,42 @@ async def test_downloads_are_kept_by_the_state_of_their_build(
         assert [d.id for d in got] == [d["id"] for d in emulator.downloads_of(DEMO_BUILD)]
         await catalog.downloads(running)
         assert catalog.cached_downloads(DEMO_BUILD) is got
-        assert emulator.requests[LIST] == 2
+        # The finished build's object carries its downloads: only the running one is asked.
+        assert emulator.requests[LIST] == 1
         mock_clock.jump(3.0)  # past live_ttl: only the running build's files are asked again
         assert catalog.cached_downloads(BUILDING_BUILD) is None
         await catalog.downloads(running)
         assert await catalog.downloads(finished) is got
-        assert emulator.requests[LIST] == 3
+        assert emulator.requests[LIST] == 2
         catalog.invalidate()
-        await catalog.downloads(finished)
-        assert emulator.requests[LIST] == 4
+        assert [d.id for d in await catalog.downloads(finished)] == [d.id for d in got]
+        await catalog.downloads(running)
+        assert emulator.requests[LIST] == 3
+
+
+async def test_a_finished_builds_embedded_downloads_spare_its_list_request(
+    emulator: Emulator,
+) -> None:
+    """Real build objects carry their ``downloads``: a finished build's come from the list
+    of builds; one whose object has no ``downloads`` (or unusable ones) is asked for them."""
+    bare = next(b for b in emulator.builds if b["id"] == FAILED_BUILD)
+    del bare["downloads"]
+    broken = next(b for b in emulator.builds if b["id"] == AWKWARD_BUILD)
+    broken["downloads"] = [*broken["downloads"], "not a download"]
+    async with open_catalog(emulator) as catalog:
+        builds = await catalog.builds()
+        for build_id in (DEMO_BUILD, LARGE_BUILD, BIG_BUILD):
+            files = await catalog.downloads(builds[build_id])
+            assert [d.id for d in files] == [d["id"] for d in emulator.downloads_of(build_id)]
+            assert [d.name for d in files] == [d["name"] for d in emulator.downloads_of(build_id)]
+        assert emulator.requests[LIST] == 0
+        files = await catalog.downloads(builds[FAILED_BUILD])
+        assert [d.id for d in files] == [d["id"] for d in emulator.downloads_of(FAILED_BUILD)]
+        assert emulator.requests[LIST] == 1
+        files = await catalog.downloads(builds[AWKWARD_BUILD])
+        assert [d.id for d in files] == [d["id"] for d in emulator.downloads_of(AWKWARD_BUILD)]
+        assert emulator.requests[LIST] == 2
+        assert emulator.requests[BUILDS] == 1
 
 
 async def test_a_groups_builds_belong_to_it(emulator: Emulator) -> None:

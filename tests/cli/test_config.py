@@ -292,3 +292,18 @@ def test_describe_masks_every_secret(home: Path) -> None:
 def test_a_raw_option_that_would_end_the_session_is_refused() -> None:
     with pytest.raises(ConfigError, match="max_read: not supported"):
         split_raw_options(["ro,max_read=131072"])
+
+
+def test_size_probes_from_every_layer(home: Path) -> None:
+    assert "size_probes" not in settings_of([])  # the default: ahead
+    assert Config(Path("/m"), token="t").size_probes == "ahead"
+    write_config(home, 'size_probes = "stat"\n')
+    assert settings_of([])["size_probes"] == "stat"
+    assert settings_of([], {"MKWFS_SIZE_PROBES": "OFF"})["size_probes"] == "off"
+    assert (
+        settings_of(["-o", "size_probes=ahead"], {"MKWFS_SIZE_PROBES": "off"})["size_probes"]
+        == "ahead"
+    )
+    assert settings_of(["--size-probes", "off", "-o", "size_probes=stat"])["size_probes"] == "off"
+    with pytest.raises(ConfigError, match="ahead, stat, off"):
+        settings_of(["--size-probes", "never"])

@@ -39,6 +39,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.e2e.test_e2e_mount import mkwfs, plain_names, read_cold
+from tests.helpers import configure
 
 pytestmark = pytest.mark.e2e
 
@@ -89,6 +90,7 @@ def test_mount_in_command_substitution_then_status_refresh_umount(
     mkwfs_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
+    configure(emulator, embed_downloads=False)  # build objects without files: lists asked
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     log = tmp_path / "daemon.log"
@@ -215,6 +217,7 @@ def test_startup_errors_from_the_server_are_one_line_and_mount_nothing(
 
 
 def test_sighup_drops_cached_listings(mount_fs: MountFactory, emulator: Emulator) -> None:
+    configure(emulator, embed_downloads=False)  # build objects without files: lists asked
     mounted = mount_fs("--dir-ttl", "3600")
     assert mounted.process is not None
     build_dir = mounted.path / "builds" / str(DEMO_BUILD)
@@ -297,6 +300,7 @@ def test_fstab_line_mounts_with_mount_T(
         (REPO_ROOT / ".venv" / "bin" / "mkwfs").exists(),
         "the helper runs .venv/bin/mkwfs of this checkout (scripts/setup.sh makes it)",
     )
+
     # mount(8) only looks in /sbin for helpers; without installing it there, mount.fuse3
     # runs the helper named before the '#' (see the helper's header and README).
     def line(where: Path, options: str) -> str:
@@ -320,6 +324,7 @@ def test_packaged_helper_mounts_a_fuse_mkwfs_line(
     require(os.geteuid() == 0, "installing a helper in /sbin needs root")
     require(not installed.exists() and not installed.is_symlink(),
             f"{installed} exists already: not replacing the machine's own helper")  # fmt: skip
+
     def line(where: Path, options: str) -> str:
         return f"mkwfs {where} fuse.mkwfs {options} 0 0"
 
@@ -430,6 +435,7 @@ def test_quiet_by_default_debug_logs_each_request_and_no_secret_anywhere(
     emulator: Emulator,
     mkwfs_env: dict[str, str],
 ) -> None:
+    configure(emulator, embed_downloads=False)  # build objects without files: lists asked
     quiet = mount_fs()
     name = next(iter(plain_names(emulator, DEMO_BUILD)))
     read_cold(quiet.path / "builds" / str(DEMO_BUILD) / name)

@@ -23,6 +23,7 @@ from mkwfs.emulator import AWKWARD_BUILD, BUILDING_BUILD, DEMO_BUILD, LARGE_BUIL
 from mkwfs.tree.views import STALE_RETRY
 from tests.conftest import wait_for
 from tests.e2e.test_e2e_mount import assert_alive, errno_of, mkwfs, plain_names, read_cold, results
+from tests.helpers import configure
 
 if TYPE_CHECKING:
     from tests.conftest import MountedFs, MountFactory
@@ -96,6 +97,7 @@ def test_bursts_of_gateway_errors_and_429_are_retried(
 ) -> None:
     """502/503/504 with a JSON, an HTML or an empty body, and a 429 with Retry-After: the
     listing is asked again (honouring Retry-After) and shows; a body is fetched again."""
+    configure(emulator, embed_downloads=False)  # build objects without files: lists asked
     mounted = mount_fs()
     emulator.config = replace(emulator.config, retry_after=1)
     bodies: list[Literal["json", "html", "empty"]] = ["json", "html", "empty"]
@@ -152,6 +154,7 @@ def test_a_stalled_body_fails_in_bounded_time_then_reads_right(
 def test_malformed_json_is_eio_until_the_server_mends(
     mount_fs: MountFactory, emulator: Emulator
 ) -> None:
+    configure(emulator, embed_downloads=False)  # build objects without files: lists asked
     mounted = mount_fs()
     build_dir = mounted.path / "builds" / str(DEMO_BUILD)
     emulator.config = replace(emulator.config, malformed_json=True)
@@ -196,6 +199,7 @@ def test_an_expired_token_logs_in_again_with_email_and_password(
 def test_an_expired_token_alone_is_eacces_with_a_clear_log_line(
     mount_fs: MountFactory, emulator: Emulator, mkwfs_env: dict[str, str]
 ) -> None:
+    configure(emulator, embed_downloads=False)  # build objects without files: lists asked
     # Long enough to outlive a mount on a loaded machine; then wait until it has expired.
     lifetime = 8.0
     expires = time.monotonic() + lifetime
@@ -258,6 +262,7 @@ def test_a_listing_that_changes_between_calls(mount_fs: MountFactory, emulator: 
 def test_server_down_serves_what_is_cached_fails_the_rest_fast_then_recovers(
     mount_fs: MountFactory, emulator: Emulator, mkwfs_env: dict[str, str]
 ) -> None:
+    configure(emulator, embed_downloads=False)  # build objects without files: lists asked
     mounted = mount_fs("--timeout", "2", "--dir-ttl", "1", "--attr-ttl", "1")
     builds_dir = mounted.path / "builds"
     build_dir = builds_dir / str(BUILDING_BUILD)  # a running build: its listing expires fast
@@ -297,6 +302,7 @@ def test_a_server_that_never_answers_costs_at_most_the_timeout(
 ) -> None:
     """Accepting connections but answering after a minute: a listing gives EIO (or the last
     good listing) after --timeout, not after the minute or httpx's own 30 s."""
+    configure(emulator, embed_downloads=False)  # build objects without files: lists asked
     mounted = mount_fs("--timeout", "2", "--dir-ttl", "1")
     known = mounted.path / "builds" / str(BUILDING_BUILD)
     names = sorted(results(known))

@@ -33,6 +33,7 @@ from mkwfs.emulator import (
     LARGE_BUILD,
 )
 from mkwfs.remote.models import parse_timestamp
+from tests.helpers import configure
 
 if TYPE_CHECKING:
     from mkwfs.emulator import Emulator
@@ -165,7 +166,11 @@ def test_browsing_downloads_nothing(mnt: Path, emulator: Emulator) -> None:
     assert emulator.requests[DOWNLOAD] == 0
 
 
-def test_listing_twice_within_ttl_costs_one_list_request(mnt: Path, emulator: Emulator) -> None:
+def test_listing_twice_within_ttl_costs_one_list_request(
+    mount_fs: MountFactory, emulator: Emulator
+) -> None:
+    configure(emulator, embed_downloads=False)  # build objects without files: lists asked
+    mnt = mount_fs().path
     build_dir = mnt / "builds" / str(DEMO_BUILD)
     first = run("ls", "-l", build_dir)
     heads_after_first = emulator.requests[HEAD]
@@ -382,7 +387,11 @@ def test_server_error_on_download_is_eio_then_read_works(
     assert hashlib.sha256(read_cold(path)).hexdigest() == emulator.body_sha256(download["id"])
 
 
-def test_server_error_on_listing_is_eio_then_listing_works(mnt: Path, emulator: Emulator) -> None:
+def test_server_error_on_listing_is_eio_then_listing_works(
+    mount_fs: MountFactory, emulator: Emulator
+) -> None:
+    configure(emulator, embed_downloads=False)  # build objects without files: lists asked
+    mnt = mount_fs().path
     emulator.fail_next(LIST, 500)  # 500 is not retried (429 and 502-504 are)
     build_dir = mnt / "builds" / str(DEMO_BUILD)
     assert errno_of(os.listdir, build_dir) == errno.EIO

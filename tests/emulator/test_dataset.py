@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from mkwfs.emulator import (
@@ -155,3 +156,30 @@ def test_bodies_are_reused_and_generated_once(config: EmulatorConfig,
     assert Emulator(config).body_path(DEMO_ZIP) == path
     assert len(calls) == 1
     assert path.stat().st_mtime_ns == mtime
+
+
+def test_extra_builds_carry_their_downloads(config: EmulatorConfig) -> None:
+    """``extra_builds`` x ``downloads_per_build``: FINISHED builds after the fixed ones, each
+    object carrying its downloads as the list of a build gives them, each body a ZIP."""
+    emulator = Emulator(dataclasses.replace(config, extra_builds=3, downloads_per_build=4))
+    fixed = Emulator(config)
+    extra = [b for b in emulator.builds if b["id"] >= 100_000]
+    assert [b["id"] for b in extra] == [100_000, 100_001, 100_002]
+    assert len(emulator.builds) == len(fixed.builds) + 3
+    for build in extra:
+        assert build["status"] == "FINISHED"
+        assert build["downloads"] == emulator.downloads_of(build["id"])
+        assert len(build["downloads"]) == 4
+    download = extra[-1]["downloads"][-1]
+    assert download["id"] == 1_000_000 + 2 * 4 + 3
+    with zipfile.ZipFile(emulator.body_path(download["id"])) as archive:
+        assert archive.testzip() is None
+
+
+def test_build_objects_without_their_downloads(client: httpx.Client, emulator: Emulator) -> None:
+    assert all("downloads" in b for b in client.get("/api/v1/builds").json())
+    emulator.config = dataclasses.replace(emulator.config, embed_downloads=False)
+    listed = client.get("/api/v1/builds").json()
+    assert listed and not any("downloads" in b for b in listed)
+    assert "downloads" not in client.get(f"/api/v1/builds/{FAILED_BUILD}").json()
+    assert "downloads" in next(b for b in emulator.builds if b["id"] == FAILED_BUILD)

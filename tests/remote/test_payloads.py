@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from mkwfs.remote.payloads import (
     JSON_DEPTH_LIMIT,
+    LIST_WINDOW,
     Listing,
     decode_json,
+    decode_list,
     feathers_page,
     is_count,
     json_object,
@@ -119,3 +122,53 @@ def test_a_listing_refuses_answers_that_do_not_add_up(
     with pytest.raises(ValueError, match=complaint):
         for answer in answers:
             listing.add(answer)
+
+
+def _with_text(item: object, source: memoryview) -> tuple[object, bytes]:
+    return item, bytes(source)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [],
+        [{"id": 1, "name": "a"}, {"id": 2, "name": "Übergabe Größe", "n": [1, [2, {"x": None}]]}],
+        [{"id": 3, "name": "x" * (3 * LIST_WINDOW)}, {"id": 4, "n": 12345678901234567890}],
+        [{"id": 5, "name": "bad \udce4 byte"}, 7, "text", None],
+    ],
+    ids=["empty", "non-ascii", "beyond-the-window", "odd-items"],
+)
+@pytest.mark.parametrize("paged", [False, True], ids=["array", "page"])
+@pytest.mark.parametrize("indent", [None, 2])
+def test_decode_list_gives_each_item_with_its_text_as_sent(
+    items: list[object], paged: bool, indent: int | None
+) -> None:
+    answer: object = {"total": 9, "limit": 50, "skip": 0, "data": items} if paged else items
+    body = json.dumps(answer, ensure_ascii=False, indent=indent).encode("utf-8", "surrogateescape")
+    decoded: Any = decode_list(bytearray(body), _with_text)
+    parsed = decoded["data"] if paged else decoded
+    assert isinstance(parsed, list)
+    expected = json.loads(body.decode("utf-8", "replace"))
+    assert [item for item, _ in parsed] == (expected["data"] if paged else expected)
+    for item, text in parsed:
+        assert text in body  # the item's own bytes, as sent
+        assert decode_json(text) == item
+    if paged:
+        assert isinstance(decoded, dict)
+        assert {k: v for k, v in decoded.items() if k != "data"} == {
+            "total": 9, "limit": 50, "skip": 0
+        }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[{}", b"[{} {}]", b"[1,]", b'{"data": [1, 2}', b"[1] x", b'{"total": 1 "data": []}'],
+)
+def test_decode_list_refuses_what_is_not_json(body: bytes) -> None:
+    with pytest.raises(ValueError, match="not valid JSON"):
+        decode_list(body, _with_text)
+
+
+def test_decode_list_leaves_other_answers_to_the_listing() -> None:
+    answer: object = decode_list(b'"text"', _with_text)
+    assert answer == "text"

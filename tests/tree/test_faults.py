@@ -17,7 +17,7 @@ import trio.testing
 
 from mkwfs.catalog.stale import STALE_RETRY
 from mkwfs.content.store import ContentStore
-from mkwfs.emulator import BUILDING_BUILD, LARGE_BUILD, Emulator
+from mkwfs.emulator import BUILDING_BUILD, FAILED_BUILD, LARGE_BUILD, Emulator
 from mkwfs.remote.api import ApiClient, Credentials, RetryPolicy
 from mkwfs.remote.errors import (
     MkwfsError,
@@ -85,6 +85,7 @@ async def test_listings_are_served_stale_while_the_server_is_down_then_fresh_aga
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="mkwfs")
+    del next(b for b in emulator.builds if b["id"] == FAILED_BUILD)["downloads"]
     async with open_tree(emulator, tmp_path, retry=RetryPolicy(attempts=1)) as tree:
         builds = await names(tree, BUILDS_INODE)
         running = await open_build(tree, BUILDING_BUILD)
@@ -100,8 +101,11 @@ async def test_listings_are_served_stale_while_the_server_is_down_then_fresh_aga
             assert await names(tree, running) == files
             assert await tree.read(attrs.ino, 0, 1 << 20) == body  # from the disk cache
         assert tree.staleness.active and tree.staleness.served >= 2
-        with pytest.raises(TransportError):  # never listed: nothing to serve
-            await names(tree, await open_build(tree, LARGE_BUILD))
+        # A finished build's object in the list carries its files: they are there.
+        large = await names(tree, await open_build(tree, LARGE_BUILD))
+        assert len(large) == 1 + len(emulator.downloads_of(LARGE_BUILD))
+        with pytest.raises(TransportError):  # never listed, not in its object: nothing to serve
+            await names(tree, await open_build(tree, FAILED_BUILD))
         stale_lines = [r for r in caplog.records if "serving cached listings" in r.message]
         assert len(stale_lines) == 1  # logged once
 

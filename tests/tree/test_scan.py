@@ -20,7 +20,7 @@ from mkwfs.tree.tree import (
     Tree,
     file_inode,
 )
-from tests.helpers import open_tree
+from tests.helpers import configure, open_tree
 from tests.tree.helpers import build_dir, files
 
 LIST = "GET /api/v1/downloads"
@@ -31,6 +31,8 @@ GET = "GET /api/v1/downloads/:id"
 async def test_a_directory_scan_probes_sizes_concurrently_and_once(
     emulator: Emulator, tmp_path: Path
 ) -> None:
+    configure(emulator, embed_downloads=False)  # builds without their files: lists asked
+
     async def probes_reach(count: int) -> None:
         with trio.fail_after(30):
             while emulator.requests[HEAD] < count:  # noqa: ASYNC110 (the emulator's counter)
@@ -72,6 +74,7 @@ async def test_a_directory_scan_probes_sizes_concurrently_and_once(
 async def test_a_plain_readdir_probes_nothing_and_hands_out_few_unknown_sizes(
     emulator: Emulator, tmp_path: Path
 ) -> None:
+    configure(emulator, embed_downloads=False)  # builds without their files: lists asked
     async with open_tree(emulator, tmp_path) as tree:
         build = await build_dir(tree, LARGE_BUILD)
         snapshot = await tree.snapshot(build.ino)
@@ -103,6 +106,7 @@ async def start_a_scan(tree: Tree) -> tuple[DirSnapshot, list[tuple[bytes, Attri
 async def test_readdir_in_a_scan_hands_out_files_with_their_sizes(
     emulator: Emulator, tmp_path: Path
 ) -> None:
+    configure(emulator, embed_downloads=False)  # builds without their files: lists asked
     async with open_tree(emulator, tmp_path) as tree:
         snapshot, first = await start_a_scan(tree)
         entries = snapshot.entries

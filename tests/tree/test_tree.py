@@ -30,7 +30,7 @@ from mkwfs.tree.tree import (
     build_inode,
     file_inode,
 )
-from tests.helpers import open_tree
+from tests.helpers import configure, open_tree
 from tests.tree.helpers import build_dir, files
 
 LIST = "GET /api/v1/downloads"
@@ -56,6 +56,7 @@ async def test_root_and_builds_list_every_build(emulator: Emulator, tmp_path: Pa
 async def test_listing_a_build_costs_one_request_and_no_size_probe(
     emulator: Emulator, tmp_path: Path
 ) -> None:
+    configure(emulator, embed_downloads=False)  # builds without their files: lists asked
     async with open_tree(emulator, tmp_path) as tree:
         build = await build_dir(tree, DEMO_BUILD)
         entries = await files(tree, build.ino)
@@ -100,6 +101,7 @@ async def test_file_times_come_from_the_build(emulator: Emulator, tmp_path: Path
 async def test_missing_names_cost_no_request_within_the_ttl(
     emulator: Emulator, tmp_path: Path
 ) -> None:
+    configure(emulator, embed_downloads=False)  # builds without their files: lists asked
     async with open_tree(emulator, tmp_path) as tree:
         build = await build_dir(tree, DEMO_BUILD)
         for _ in range(3):
@@ -117,6 +119,7 @@ async def test_missing_names_cost_no_request_within_the_ttl(
 async def test_a_finished_builds_listing_is_kept_long_a_running_ones_briefly(
     emulator: Emulator, tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
+    configure(emulator, embed_downloads=False)  # builds without their files: lists asked
     async with open_tree(emulator, tmp_path, dir_ttl=10.0) as tree:
         assert tree.live_ttl == 5.0
         finished = await build_dir(tree, DEMO_BUILD)
@@ -143,6 +146,7 @@ async def test_refresh_of_one_path_drops_its_listing_only(
 ) -> None:
     """``mkwfs refresh MOUNTPOINT PATH``: the listing of PATH (and below) is asked again, the
     others stay cached; the root (or no PATH) drops them all."""
+    configure(emulator, embed_downloads=False)  # builds without their files: lists asked
     async with open_tree(emulator, tmp_path) as tree:
         demo = await build_dir(tree, DEMO_BUILD)
         running = await build_dir(tree, BUILDING_BUILD)
@@ -226,6 +230,7 @@ async def test_forbidden_downloads_are_permission_errors(
 
 
 async def test_server_errors_surface_then_recover(emulator: Emulator, tmp_path: Path) -> None:
+    configure(emulator, embed_downloads=False)  # builds without their files: lists asked
     async with open_tree(emulator, tmp_path) as tree:
         build = await build_dir(tree, DEMO_BUILD)
         emulator.fail_next(LIST, 500)

@@ -41,6 +41,7 @@ from mkwfs.remote.payloads import (
 from mkwfs.remote.probes import NO_HEAD_STATUSES, HeadBatches, SizeProbes
 from mkwfs.remote.retry import RETRYABLE_STATUSES, RetryPolicy, is_transient, retrying
 from mkwfs.remote.session import ApiSession, ApiStats
+from mkwfs.remote.validators import Answer, Validator
 
 __all__ = [
     "JSON_BODY_LIMIT",
@@ -49,18 +50,21 @@ __all__ = [
     "NO_HEAD_STATUSES",
     "PAGE_LIMIT",
     "RETRYABLE_STATUSES",
+    "Answer",
     "ApiClient",
     "ApiStats",
     "Credentials",
     "DownloadStream",
     "HeadBatches",
     "RetryPolicy",
+    "Validator",
     "is_transient",
 ]
 
 T = TypeVar("T")
 
 _DEFAULT_RETRY = RetryPolicy()
+_NO_RETRY = RetryPolicy(attempts=1)
 
 
 class DownloadStream:
@@ -176,53 +180,124 @@ class ApiClient:
 
     async def list_builds(self, **filters: str | int) -> list[Build]:
         """``GET /api/v1/builds`` with the given filters (``project_id=402``, ...)."""
-        return await self._list("/api/v1/builds", filters, parse_build)
+        return _changed(await self.builds_if_changed(None, filters))
 
     async def get_build(self, build_id: int) -> Build:
         """``GET /api/v1/builds/:id``; ``NotFound`` for an unknown id."""
-        path = f"/api/v1/builds/{build_id}"
-        request = self._session.http.build_request("GET", self._session.url(path))
-        return _parsed(parse_build, await self._get_json(path), request)
+        return _changed(await self.build_if_changed(build_id, None))
 
     async def list_downloads(self, build_id: int) -> list[Download]:
         """``GET /api/v1/downloads?build_id=N``: the build's result files, without bodies."""
-        return await self._list("/api/v1/downloads", {"build_id": build_id}, parse_download)
+        return _changed(await self.downloads_if_changed(build_id, None))
 
     async def list_projects(self) -> list[Mapping[str, Any]]:
         """``GET /api/v1/projects``: the raw JSON objects."""
-        return await self._list("/api/v1/projects", {}, json_object)
+        return _changed(await self.projects_if_changed(None))
 
     async def list_patterns(self) -> list[Mapping[str, Any]]:
         """``GET /api/v1/patterns``: the raw JSON objects."""
-        return await self._list("/api/v1/patterns", {}, json_object)
+        return _changed(await self.patterns_if_changed(None))
+
+    # -- conditional metadata: a 304 costs no body and no parse ----------------------------
+    #
+    # Each takes the validator of the copy the caller holds (None: it holds none) and gives
+    # an `Answer`: the new value and its validator, or "not modified". ``retry=False`` sends
+    # the request once: a refused connection is believed at once (the mount's start).
+
+    async def builds_if_changed(
+        self,
+        validator: Validator | None,
+        filters: Mapping[str, str | int] | None = None,
+        *,
+        retry: bool = True,
+    ) -> Answer[list[Build]]:
+        """`list_builds` with ``filters``, conditional."""
+        filters = filters or {}
+        return await self._list("/api/v1/builds", filters, parse_build, validator, retry)
+
+    async def build_if_changed(
+        self, build_id: int, validator: Validator | None, *, retry: bool = True
+    ) -> Answer[Build]:
+        """`get_build`, conditional."""
+        path = f"/api/v1/builds/{build_id}"
+        request = self._session.http.build_request("GET", self._session.url(path))
+        answer = await self._get_json(path, None, validator, retry)
+        if answer.value is None:
+            return Answer(None, answer.validator)
+        return Answer(_parsed(parse_build, answer.value, request), answer.validator)
+
+    async def downloads_if_changed(
+        self, build_id: int, validator: Validator | None, *, retry: bool = True
+    ) -> Answer[list[Download]]:
+        """`list_downloads`, conditional."""
+        params = {"build_id": build_id}
+        return await self._list("/api/v1/downloads", params, parse_download, validator, retry)
+
+    async def projects_if_changed(
+        self, validator: Validator | None, *, retry: bool = True
+    ) -> Answer[list[Mapping[str, Any]]]:
+        """`list_projects`, conditional."""
+        return await self._list("/api/v1/projects", {}, json_object, validator, retry)
+
+    async def patterns_if_changed(
+        self, validator: Validator | None, *, retry: bool = True
+    ) -> Answer[list[Mapping[str, Any]]]:
+        """`list_patterns`, conditional."""
+        return await self._list("/api/v1/patterns", {}, json_object, validator, retry)
 
     async def _list(
-        self, path: str, params: Mapping[str, str | int], parse: Callable[[object], T]
-    ) -> list[T]:
+        self,
+        path: str,
+        params: Mapping[str, str | int],
+        parse: Callable[[object], T],
+        validator: Validator | None,
+        retry: bool,
+    ) -> Answer[list[T]]:
         """GET a list in pages of the largest size the server allows (`payloads.Listing`).
-        ``ProtocolError`` for pages that do not add up."""
+        ``ProtocolError`` for pages that do not add up. Only the first page is asked
+        conditionally, and a list that took more than one page gets no validator: one page's
+        ETag says nothing of the others."""
         first_page = self._session.http.build_request("GET", self._session.url(path), params=params)
         listing = Listing(self._page_limit)
+        answer: Answer[Any] = Answer(None, None)
+        pages = 0
         while not listing.done:
-            data = await self._get_json(path, {**params, **listing.params()})
+            conditional = validator if pages == 0 else None
+            answer = await self._get_json(path, {**params, **listing.params()}, conditional, retry)
+            pages += 1
+            if answer.value is None:
+                return Answer(None, answer.validator)
             try:
-                listing.add(data)
+                listing.add(answer.value)
             except ValueError as exc:
                 raise protocol_error(first_page, exc) from exc
-        return [_parsed(parse, item, first_page) for item in listing.items]
+        items = [_parsed(parse, item, first_page) for item in listing.items]
+        return Answer(items, answer.validator if pages == 1 else None)
 
-    async def _get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
-        """GET ``path`` and decode its JSON body; retried per the policy."""
+    async def _get_json(
+        self,
+        path: str,
+        params: Mapping[str, str | int] | None,
+        validator: Validator | None,
+        retry: bool,
+    ) -> Answer[Any]:
+        """GET ``path`` and decode its JSON body, with its validator; asked with
+        ``validator``'s conditions, a 304 gives "not modified" without reading a body.
+        Retried per the policy (``retry``) or sent once."""
+        headers = validator.headers() if validator is not None else None
 
-        async def once() -> Any:
-            async with self._session.exchange("GET", path, params=params) as response:
+        async def once() -> Answer[Any]:
+            exchange = self._session.exchange("GET", path, params=params, headers=headers)
+            async with exchange as response:
+                if response.status_code == 304:
+                    return Answer(None, Validator.of(response.headers) or validator)
                 body = await read_body(response)
                 try:
-                    return decode_json(body)
+                    return Answer(decode_json(body), Validator.of(response.headers))
                 except ValueError as exc:
                     raise protocol_error(response.request, exc) from exc
 
-        return await retrying(self._retry, once)
+        return await retrying(self._retry if retry else _NO_RETRY, once)
 
     # -- sizes ----------------------------------------------------------------------------
 
@@ -286,6 +361,12 @@ class ApiClient:
 
 
 # -- helpers without state --------------------------------------------------------------------
+
+
+def _changed(answer: Answer[T]) -> T:
+    """The value of an unconditional call's answer (which cannot be "not modified")."""
+    assert answer.value is not None, "a 304 to a request without conditions"
+    return answer.value
 
 
 def _parsed(parse: Callable[[object], T], item: object, request: httpx.Request) -> T:

@@ -16,7 +16,7 @@ import trio.testing
 
 from mkwfs.catalog.listings import Catalog, belongs_to
 from mkwfs.catalog.stale import STALE_RETRY
-from mkwfs.catalog.store import FactStore, FactTable, Fetched, MemoryStore
+from mkwfs.catalog.store import Codec, FactStore, FactTable, Fetched, MemoryStore
 from mkwfs.emulator import BUILDING_BUILD, DEMO_BUILD, Emulator
 from mkwfs.remote.errors import NotFound, TransportError
 from mkwfs.remote.models import Build, parse_build
@@ -165,7 +165,9 @@ class _RecordingStore(FactStore):
         self.memory = MemoryStore()
         self.puts: dict[str, list[tuple[Hashable, Fetched[Any]]]] = {}
 
-    def table(self, name: str, *, maxsize: int) -> FactTable[Any, Any]:
+    def table(
+        self, name: str, *, maxsize: int, codec: Codec[Any, Any] | None = None
+    ) -> FactTable[Any, Any]:
         inner: FactTable[Any, Any] = self.memory.table(name, maxsize=maxsize)
         puts = self.puts.setdefault(name, [])
 
@@ -191,4 +193,7 @@ async def test_the_last_good_copies_go_to_the_store_with_their_fetch_time(
     ((key, fact),) = store.puts["builds"]
     assert key is None and sorted(fact.value) == sorted(b["id"] for b in emulator.builds)
     assert store.puts["downloads"] == [(DEMO_BUILD, Fetched(files, 1234.5))]
-    assert (DEMO_BUILD, Fetched(demo, 1234.5)) in store.puts["records"]
+    assert store.puts["records"] == []  # a list's records are kept in the list's fact
+    async with open_catalog(emulator, store=store, wall=lambda: 1234.5) as catalog:
+        record = await catalog.record(demo)
+    assert store.puts["records"] == [(DEMO_BUILD, Fetched(record, 1234.5))]

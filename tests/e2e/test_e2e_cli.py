@@ -297,6 +297,7 @@ def test_fstab_line_mounts_with_mount_T(
         (REPO_ROOT / ".venv" / "bin" / "mkwfs").exists(),
         "the helper runs .venv/bin/mkwfs of this checkout (scripts/setup.sh makes it)",
     )
+
     # mount(8) only looks in /sbin for helpers; without installing it there, mount.fuse3
     # runs the helper named before the '#' (see the helper's header and README).
     def line(where: Path, options: str) -> str:
@@ -320,6 +321,7 @@ def test_packaged_helper_mounts_a_fuse_mkwfs_line(
     require(os.geteuid() == 0, "installing a helper in /sbin needs root")
     require(not installed.exists() and not installed.is_symlink(),
             f"{installed} exists already: not replacing the machine's own helper")  # fmt: skip
+
     def line(where: Path, options: str) -> str:
         return f"mkwfs {where} fuse.mkwfs {options} 0 0"
 

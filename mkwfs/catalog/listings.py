@@ -272,7 +272,8 @@ class Catalog:
         connection, no answer within ``timeout``) with a list kept from an earlier mount:
         offline (see the module docstring). Another transient failure is asked again with
         the retries; anything else (a 401, no list kept) is raised."""
-        kept = self._last_builds.fact(None)
+        # Nothing else reads the store yet: its list (megabytes of JSON) is read aside.
+        kept = await trio.to_thread.run_sync(self._last_builds.fact, None)
         try:
             builds = await self._fetch_builds(retry=False)
         except TransportError as exc:

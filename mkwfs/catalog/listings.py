@@ -38,7 +38,7 @@ from mkwfs.catalog.cache import AsyncTTLCache, StateAwareCache
 from mkwfs.catalog.stale import LastGood, Staleness, server_failed
 from mkwfs.catalog.store import Codec, FactStore, FactTable, MemoryStore
 from mkwfs.remote.api import ApiClient, is_transient
-from mkwfs.remote.errors import ApiError, TransportError
+from mkwfs.remote.errors import ApiError, Offline, TransportError
 from mkwfs.remote.models import Build, Download
 
 T = TypeVar("T")
@@ -128,7 +128,7 @@ class Catalog:
         """An API request, bounded; its success means the server answers again. Offline,
         ``TransportError`` at once, unless ``offline`` says to ask all the same."""
         if self.staleness.offline and not offline:
-            raise TransportError(
+            raise Offline(
                 "offline: the server was out of reach at mount time", url=self._api.base_url
             )
         result = await self.bounded(call)
@@ -280,6 +280,7 @@ class Catalog:
             if kept is None:
                 raise
             self.staleness.go_offline(exc)
+            self._api.offline = True
             return
         except ApiError as exc:
             if not is_transient(exc):
@@ -292,6 +293,7 @@ class Catalog:
         fails); when it answers, the catalog is online and the list fresh."""
         was_offline = self.staleness.offline
         builds = await self._fetch_builds(offline=True)
+        self._api.offline = False
         self._builds.put(None, builds)
         if was_offline:
             self._retry_all_now()

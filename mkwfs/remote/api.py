@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import httpx
 
 from mkwfs.remote.auth import Credentials
-from mkwfs.remote.errors import ConfigError, ProtocolError
+from mkwfs.remote.errors import ConfigError, Offline, ProtocolError
 from mkwfs.remote.failures import map_httpx_error, protocol_error, public_url, read_body, where
 from mkwfs.remote.headers import MAX_BODY_SIZE, content_info, content_range
 from mkwfs.remote.models import Build, ContentInfo, Download, parse_build, parse_download
@@ -130,6 +130,9 @@ class ApiClient:
     `probe_downloads` cheap; without it that method leaves every probe to `probe_download`.
 
     ``page_limit`` is the ``$limit`` lists ask for (the server may send smaller pages).
+
+    ``offline`` (set by the catalog while the mount is offline): bodies and size probes
+    fail at once with ``Offline``, without a request; lists are the catalog's to hold back.
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class ApiClient:
         self._page_limit = page_limit
         self.requests = self._session.requests
         self.stats = self._session.stats
+        self.offline = False
 
     def __repr__(self) -> str:
         return f"ApiClient({self.base_url!r}, {self._credentials!r})"
@@ -307,6 +311,7 @@ class ApiClient:
         ``HEAD``; when the server does not do ``HEAD`` (405/501), a ``GET`` with
         ``Range: bytes=0-0`` of which at most the one byte is read (`probes`).
         """
+        self._check_online()
         return await self._probes.probe(download_id)
 
     def probe_downloads(
@@ -323,7 +328,13 @@ class ApiClient:
         retries and servers without ``HEAD``. Without a batch path, or once the server
         refused ``HEAD``, every id is yielded with None.
         """
+        if self.offline:
+            return _none_for(download_ids)
         return self._probes.probe_many(download_ids, at_once=at_once)
+
+    def _check_online(self) -> None:
+        if self.offline:
+            raise Offline("offline: the server was out of reach at mount time", url=self.base_url)
 
     # -- bodies ---------------------------------------------------------------------------
 
@@ -340,6 +351,7 @@ class ApiClient:
         """
         if start < 0 or (end is not None and end <= start):
             raise ValueError(f"invalid byte range {start}..{end}")
+        self._check_online()
         path = f"/api/v1/downloads/{download_id}"
         headers = {"Accept-Encoding": "identity"}
         wants_range = start > 0 or end is not None
@@ -361,6 +373,14 @@ class ApiClient:
 
 
 # -- helpers without state --------------------------------------------------------------------
+
+
+async def _none_for(
+    download_ids: Sequence[int],
+) -> AsyncGenerator[tuple[int, ContentInfo | None], None]:
+    """Every id with None: what a batch of probes gives that asked nothing."""
+    for download_id in list(download_ids):
+        yield download_id, None
 
 
 def _changed(answer: Answer[T]) -> T:

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from mkwfs.emulator import DEMO_BUILD, Emulator
-from mkwfs.remote.api import Credentials
-from mkwfs.remote.errors import ServerError
+from mkwfs.remote.api import Credentials, is_transient
+from mkwfs.remote.errors import Offline, ServerError
 from mkwfs.remote.validators import Answer, Validator
 from tests.remote.support import json_response, open_api, paged, with_config
 
@@ -99,3 +99,23 @@ async def test_a_304_to_a_request_without_conditions_is_an_error() -> None:
     async with open_api(lambda request: httpx.Response(304)) as api:
         with pytest.raises(ServerError, match="304"):
             await api.list_projects()
+
+
+async def test_offline_bodies_and_probes_fail_at_once_without_a_request(
+    emulator: Emulator,
+) -> None:
+    async with open_api(emulator.mock_transport(), _token(emulator)) as api:
+        ids = [d["id"] for d in emulator.downloads_of(DEMO_BUILD)]
+        api.offline = True
+        with pytest.raises(Offline):
+            async with api.open_download(ids[0]):
+                pass
+        with pytest.raises(Offline):
+            await api.probe_download(ids[0])
+        assert [answer async for answer in api.probe_downloads(ids, at_once=4)] == [
+            (i, None) for i in ids
+        ]
+        assert not is_transient(Offline("offline", url="http://x"))
+        assert sum(emulator.requests.values()) == 0
+        api.offline = False
+        assert (await api.probe_download(ids[0])).size is not None

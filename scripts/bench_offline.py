@@ -7,7 +7,8 @@ Per run:
      builds``, ``ls -l`` of the same build: the requests of the remount (from the daemon's
      --debug log), how many were 304, and their body bytes;
   2. offline: the server stopped, the seconds from ``mkwfs mount --foreground`` to the
-     mount being there (a cold Python process included), and the seconds an uncached read
+     mount being there (a cold Python process included; beside it the same for the
+     remount of step 1, with the server up), and the seconds an uncached read
      takes to fail (EIO) with --timeout 3;
   3. the same mount with the server stopped and no catalog kept: seconds until it fails.
 
@@ -113,7 +114,7 @@ def one_run(emulator: Emulator, url: str, work: Path) -> dict[str, float]:
         first.close()
     again = Mount(url, token, work / "mnt", cache, work / "again.log")
     try:
-        again.wait()
+        online_s = again.wait()
         browse(again.path)
         sent = again.requests()
     finally:
@@ -149,6 +150,7 @@ def one_run(emulator: Emulator, url: str, work: Path) -> dict[str, float]:
         "remount requests": len(sent),
         "remount 304s": sum(status == "304" for _, _, status, _ in sent),
         "remount body bytes": sum(size for *_, size in sent),
+        "remount, server up (s)": float("nan") if online_s is None else online_s,
         "offline mount (s)": float("nan") if mount_s is None else mount_s,
         "offline uncached read -> EIO (s)": eio_s,
         "no catalog, server gone: fails after (s)": fail_s,

@@ -1,8 +1,10 @@
 """Facts on disk: a ``FactStore`` in SQLite (WAL mode), ``<cache dir>/catalog.db``.
 
-One table, ``facts(kind, key, fetched_at, etag, last_modified, value)``, a row per fact:
-``kind`` is the catalog's table name, ``key`` and ``value`` what the table's ``Codec`` makes
-of them (the JSON the server sent). ``PRAGMA user_version`` is ``SCHEMA_VERSION``.
+One table, ``facts(server, kind, key, fetched_at, etag, last_modified, value)``, a row per
+fact: ``server`` the API's URL (a cache directory used with two servers keeps each one's
+listings apart), ``kind`` the catalog's table name, ``key`` and ``value`` what the table's
+``Codec`` makes of them (the JSON the server sent). ``PRAGMA user_version`` is
+``SCHEMA_VERSION``.
 
 * Reads come from memory (what this mount put or read already), else one query by primary
   key on the caller's thread: a row of one listing, well under a millisecond.
@@ -45,13 +47,14 @@ WRITE_DELAY = 0.5
 
 _SCHEMA = """
 CREATE TABLE facts (
+    server TEXT NOT NULL,
     kind TEXT NOT NULL,
     key TEXT NOT NULL,
     fetched_at REAL NOT NULL,
     etag TEXT,
     last_modified TEXT,
     value BLOB NOT NULL,
-    PRIMARY KEY (kind, key)
+    PRIMARY KEY (server, kind, key)
 ) WITHOUT ROWID
 """
 
@@ -68,8 +71,9 @@ class SqliteStore(FactStore):
     """Facts in ``path`` (see the module docstring). Make it with ``open_sqlite_store``,
     which runs its writes and closes it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, server: str = "") -> None:
         self.path = path
+        self.server = server
         self._reader, self._writer = _connect(path)
         self._lock = threading.Lock()  # guards _pending between trio and the worker
         self._pending: dict[tuple[str, str], _Pending] = {}
@@ -101,8 +105,8 @@ class SqliteStore(FactStore):
         try:
             row = self._reader.execute(
                 "SELECT fetched_at, etag, last_modified, value FROM facts "
-                "WHERE kind = ? AND key = ?",
-                (kind, key),
+                "WHERE server = ? AND kind = ? AND key = ?",
+                (self.server, kind, key),
             ).fetchone()
         except sqlite3.Error as exc:
             self._fail("read", exc)
@@ -151,7 +155,7 @@ class SqliteStore(FactStore):
         facts, times = [], []
         for (kind, key), (codec, write) in pending.items():
             if isinstance(write, float):
-                times.append((write, kind, key))
+                times.append((write, self.server, kind, key))
                 continue
             try:
                 value = codec.encode(write.value)
@@ -160,15 +164,24 @@ class SqliteStore(FactStore):
                 continue
             validator = write.validator or Validator()
             facts.append(
-                (kind, key, write.fetched_at, validator.etag, validator.last_modified, value)
+                (
+                    self.server,
+                    kind,
+                    key,
+                    write.fetched_at,
+                    validator.etag,
+                    validator.last_modified,
+                    value,
+                )
             )
         try:
             with self._writer:
                 self._writer.executemany(
-                    "INSERT OR REPLACE INTO facts VALUES (?, ?, ?, ?, ?, ?)", facts
+                    "INSERT OR REPLACE INTO facts VALUES (?, ?, ?, ?, ?, ?, ?)", facts
                 )
                 self._writer.executemany(
-                    "UPDATE facts SET fetched_at = ? WHERE kind = ? AND key = ?", times
+                    "UPDATE facts SET fetched_at = ? WHERE server = ? AND kind = ? AND key = ?",
+                    times,
                 )
         except sqlite3.Error as exc:
             self._fail("write", exc)
@@ -238,14 +251,14 @@ class _SqliteTable(FactTable[K, V]):
 
 
 @asynccontextmanager
-async def open_sqlite_store(cache_dir: Path) -> AsyncIterator[FactStore]:
-    """The store in ``cache_dir/catalog.db`` (made, or set aside and made again, as the
-    module docstring says), its writes running; on exit the last ones are written. When no
-    database can be made there at all (a read-only cache directory), a ``MemoryStore``,
-    with a log line."""
+async def open_sqlite_store(cache_dir: Path, server: str = "") -> AsyncIterator[FactStore]:
+    """The store of ``server``'s facts in ``cache_dir/catalog.db`` (made, or set aside and
+    made again, as the module docstring says), its writes running; on exit the last ones
+    are written. When no database can be made there at all (a read-only cache directory),
+    a ``MemoryStore``, with a log line."""
     path = cache_dir / FILE_NAME
     try:
-        store = await trio.to_thread.run_sync(SqliteStore, path)
+        store = await trio.to_thread.run_sync(SqliteStore, path, server)
     except (OSError, sqlite3.Error) as exc:
         log.warning("catalog: cannot keep listings in %s (%s): memory only", path, exc)
         yield MemoryStore()

@@ -267,7 +267,7 @@ async def _serve(config: Config, on_ready: Callable[[], None]) -> None:
 async def _serve_store(config: Config, *, task_status: trio.TaskStatus[FactStore]) -> None:
     """Keep the catalog's listings in the cache directory until the mount ends; then the
     last writes are made."""
-    async with open_sqlite_store(config.cache_dir) as store:
+    async with open_sqlite_store(config.cache_dir, config.api_url) as store:
         task_status.started(store)
         await trio.sleep_forever()
 

@@ -55,6 +55,16 @@ async def test_facts_survive_a_reopen_with_time_and_validator(tmp_path: Path) ->
     db.close()
 
 
+async def test_each_servers_facts_are_its_own(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path, "http://a.test") as store:
+        numbers(store).put("k", Fetched([1], 10.0))
+    async with open_sqlite_store(tmp_path, "http://b.test") as store:
+        assert numbers(store).get("k") is None
+        numbers(store).put("k", Fetched([2], 11.0))
+    async with open_sqlite_store(tmp_path, "http://a.test") as store:
+        assert numbers(store).get("k") == Fetched([1], 10.0)
+
+
 async def test_a_renewal_writes_the_new_time_only(tmp_path: Path) -> None:
     async with open_sqlite_store(tmp_path) as store:
         numbers(store).put("a", Fetched([1], 10.0, ETAG))

@@ -59,6 +59,9 @@ CREATE TABLE facts (
 """
 
 
+_COLUMNS = ["server", "kind", "key", "fetched_at", "etag", "last_modified", "value"]
+
+
 class _Unusable(Exception):
     """The file is not a catalog database of this version."""
 
@@ -318,6 +321,8 @@ def _check(db: sqlite3.Connection) -> None:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     elif version != SCHEMA_VERSION or "facts" not in tables:
         raise _Unusable(f"schema version {version}, tables {sorted(tables)}")
+    elif (columns := [row[1] for row in db.execute("PRAGMA table_info(facts)")]) != _COLUMNS:
+        raise _Unusable(f"facts with the columns {columns}")
     else:
         problems = [row[0] for row in db.execute("PRAGMA quick_check")]
         if problems != ["ok"]:

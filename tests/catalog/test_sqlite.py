@@ -85,7 +85,7 @@ async def test_writes_go_to_disk_in_the_background(tmp_path: Path) -> None:
         db.close()
 
 
-@pytest.mark.parametrize("kind", ["garbage", "foreign", "newer"])
+@pytest.mark.parametrize("kind", ["garbage", "foreign", "newer", "same version, other facts"])
 async def test_a_file_that_is_not_the_catalog_is_set_aside_and_made_again(
     tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -95,9 +95,10 @@ async def test_a_file_that_is_not_the_catalog_is_set_aside_and_made_again(
     else:
         db = sqlite3.connect(path)
         db.execute("CREATE TABLE notes (text TEXT)")
-        if kind == "newer":
+        if kind != "foreign":
             db.execute("CREATE TABLE facts (x)")
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+            version = SCHEMA_VERSION + 1 if kind == "newer" else SCHEMA_VERSION
+            db.execute(f"PRAGMA user_version = {version}")
         db.commit()
         db.close()
     before = path.read_bytes()

@@ -126,7 +126,7 @@ class Catalog:
 
     async def _ask(self, call: Callable[[], Awaitable[T]], *, offline: bool = False) -> T:
         """An API request, bounded; its success means the server answers again. Offline,
-        ``TransportError`` at once, unless ``offline`` says to ask all the same."""
+        ``Offline`` at once, without a request, unless ``offline`` says to ask all the same."""
         if self.staleness.offline and not offline:
             raise Offline(
                 "offline: the server was out of reach at mount time", url=self._api.base_url

@@ -5,7 +5,8 @@
 Per run:
   1. revalidation: mount, ``ls builds``, ``ls -l`` of a build; unmount; remount, ``ls
      builds``, ``ls -l`` of the same build: the requests of the remount (from the daemon's
-     --debug log), how many were 304, and their body bytes;
+     --debug log), how many were 304, their body bytes, and the bytes both ways on the wire
+     (counted by a TCP relay between mkwfs and the emulator: headers included);
   2. offline: the server stopped, the seconds from ``mkwfs mount --foreground`` to the
      mount being there (a cold Python process included; beside it the same for the
      remount of step 1, with the server up), and the seconds an uncached read
@@ -19,13 +20,16 @@ Prints each run and the medians, and the load average. Takes about 10 s a run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -92,6 +96,42 @@ class Mount:
         return [(m[1], m[2], m[3], int(m[4])) for m in _REQUEST.finditer(text)]
 
 
+class Relay:
+    """A TCP relay on loopback to ``target`` (host, port) that counts the bytes both ways."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.bytes = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self._listener.accept()
+            try:
+                server = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                with self._lock:
+                    self.bytes += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+
 def browse(root: Path) -> None:
     os.listdir(root / "builds")
     build = root / "builds" / str(DEMO_BUILD)
@@ -99,9 +139,10 @@ def browse(root: Path) -> None:
         os.stat(build / name)
 
 
-def one_run(emulator: Emulator, url: str, work: Path) -> dict[str, float]:
+def one_run(emulator: Emulator, relay: Relay, work: Path) -> dict[str, float]:
     cache = work / "cache"
     token = emulator.issue_token()
+    url = relay.url  # every mount goes through the relay: the catalog is kept per API URL
     first = Mount(url, token, work / "mnt", cache, work / "first.log")
     try:
         first.wait()
@@ -112,11 +153,13 @@ def one_run(emulator: Emulator, url: str, work: Path) -> dict[str, float]:
             f.read()
     finally:
         first.close()
+    relay.bytes = 0
     again = Mount(url, token, work / "mnt", cache, work / "again.log")
     try:
         online_s = again.wait()
         browse(again.path)
         sent = again.requests()
+        wire = relay.bytes
     finally:
         again.close()
 
@@ -150,6 +193,7 @@ def one_run(emulator: Emulator, url: str, work: Path) -> dict[str, float]:
         "remount requests": len(sent),
         "remount 304s": sum(status == "304" for _, _, status, _ in sent),
         "remount body bytes": sum(size for *_, size in sent),
+        "remount bytes on the wire": wire,
         "remount, server up (s)": float("nan") if online_s is None else online_s,
         "offline mount (s)": float("nan") if mount_s is None else mount_s,
         "offline uncached read -> EIO (s)": eio_s,
@@ -164,10 +208,12 @@ def main() -> int:
     emulator = Emulator(EmulatorConfig(etags=True, big_file_size=4 * 2**20))
     results: list[dict[str, float]] = []
     with serve_in_thread(emulator) as url, tempfile.TemporaryDirectory() as tmp:
+        host, port = url.removeprefix("http://").split(":")
+        relay = Relay((host, int(port)))
         for run in range(args.runs):
             work = Path(tmp, f"run{run}")
             work.mkdir()
-            results.append(one_run(emulator, url, work))
+            results.append(one_run(emulator, relay, work))
             print(f"run {run + 1}: " + ", ".join(f"{k} {v:.3g}" for k, v in results[-1].items()))
     print("median of", args.runs, "runs:")
     for key in results[0]:

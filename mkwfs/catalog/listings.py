@@ -14,8 +14,14 @@ most once per key at a time, every request bounded by ``timeout`` seconds (then
   is running.
 
 Stale-if-error: the last good copy of each fact is also kept, past its TTL, in the
-catalog's ``FactStore`` with the time it was fetched, and served when a refresh fails
-transiently (see ``stale.LastGood``); ``staleness`` says so for ``mkwfs status``.
+catalog's ``FactStore`` with the time it was fetched and its validator, and served when a
+refresh fails transiently (see ``stale.LastGood``); ``staleness`` says so for ``mkwfs
+status``. A fact past its TTL is asked again with its validator: a 304 keeps the copy.
+
+Offline: `start` asks for the builds at mount time; when the server is out of reach
+(``TransportError``) and a list of builds is kept, the catalog is offline: it serves the
+copies kept and asks the server nothing (anything not kept fails at once) until `check`
+finds the server answering again.
 
 Only facts with an id below ``id_limit`` are kept (the tree numbers inodes by id). ``timer``
 runs the TTLs (trio's clock); ``wall`` dates the facts in the store (``time.time``).
@@ -30,11 +36,12 @@ from typing import Any, Literal, TypeVar
 
 import trio
 
+from mkwfs.catalog import codecs
 from mkwfs.catalog.cache import AsyncTTLCache, StateAwareCache
-from mkwfs.catalog.stale import LastGood, Staleness
-from mkwfs.catalog.store import FactStore, FactTable, MemoryStore
-from mkwfs.remote.api import ApiClient
-from mkwfs.remote.errors import TransportError
+from mkwfs.catalog.stale import LastGood, Staleness, server_failed
+from mkwfs.catalog.store import Codec, FactStore, FactTable, MemoryStore
+from mkwfs.remote.api import ApiClient, is_transient
+from mkwfs.remote.errors import ApiError, Offline, TransportError
 from mkwfs.remote.models import Build, Download
 
 log = logging.getLogger(__name__)
@@ -103,18 +110,24 @@ class Catalog:
         self._dropped: set[int] = set()
         self._store = MemoryStore() if store is None else store
         self._clocks = (timer, wall)
-        self._last_builds: LastGood[None, dict[int, Build]] = self._last_good("builds", 1)
-        self._last_downloads: LastGood[int, list[Download]] = self._last_good("downloads")
-        self._last_records: LastGood[int, Build] = self._last_good("records")
-        self._last_groups: LastGood[GroupKind, GroupRecords] = self._last_good("groups", 2)
+        self._last_builds: LastGood[None, dict[int, Build]] = self._last_good(
+            "builds", codecs.BUILDS_BY_ID, 1
+        )
+        self._last_downloads: LastGood[int, list[Download]] = self._last_good(
+            "downloads", codecs.DOWNLOADS
+        )
+        self._last_records: LastGood[int, Build] = self._last_good("records", codecs.BUILD)
+        self._last_groups: LastGood[GroupKind, GroupRecords] = self._last_good(
+            "groups", codecs.RECORDS, 2
+        )
         self._last_group_builds: LastGood[tuple[GroupKind, int], dict[int, Build]] = (
-            self._last_good("group_builds")
+            self._last_good("group_builds", codecs.BUILDS_BY_ID)
         )
 
-    def _last_good(self, table: str, maxsize: int = 4096) -> LastGood[K, V]:
+    def _last_good(self, table: str, codec: Codec[K, V], maxsize: int = 4096) -> LastGood[K, V]:
         """The last good copies of one kind of fact, kept in the store's ``table``."""
         timer, wall = self._clocks
-        facts: FactTable[K, V] = self._store.table(table, maxsize=maxsize)
+        facts: FactTable[K, V] = self._store.table(table, maxsize=maxsize, codec=codec)
         return LastGood[K, V](self.staleness, facts, timer=timer, wall=wall)
 
     # -- requests ----------------------------------------------------------------------
@@ -127,8 +140,13 @@ class Catalog:
             f"no answer from the server within {self.timeout:g} s", url=self._api.base_url
         )
 
-    async def _ask(self, call: Callable[[], Awaitable[T]]) -> T:
-        """An API request, bounded; its success means the server answers again."""
+    async def _ask(self, call: Callable[[], Awaitable[T]], *, offline: bool = False) -> T:
+        """An API request, bounded; its success means the server answers again. Offline,
+        ``Offline`` at once, without a request, unless ``offline`` says to ask all the same."""
+        if self.staleness.offline and not offline:
+            raise Offline(
+                "offline: the server was out of reach at mount time", url=self._api.base_url
+            )
         result = await self.bounded(call)
         self.staleness.fresh()
         return result
@@ -136,29 +154,54 @@ class Catalog:
     def _remember_builds(self, builds: list[Build]) -> dict[int, Build]:
         """The builds of a list by id (ids below the limit), each kept as its newest record."""
         usable = {b.id: b for b in builds if 0 <= b.id < self._id_limit}
-        for build in usable.values():
-            self._records.put(build.id, build, final=build.is_final)
-            self._last_records.put(build.id, build)
+        self._remember_records(usable)
         return usable
+
+    def _remember_records(self, builds: dict[int, Build]) -> None:
+        """Keep each build of a list as its newest record (in memory: the list on disk
+        holds them)."""
+        for build in builds.values():
+            self._records.put(build.id, build, final=build.is_final)
+
+    async def _fetch_builds(self, *, offline: bool = False, retry: bool = True) -> dict[int, Build]:
+        """The list of builds from the server (a 304: the copy kept), kept."""
+        return await self._last_builds.load(
+            None,
+            lambda validator: self._ask(
+                lambda: self._api.builds_if_changed(validator, retry=retry), offline=offline
+            ),
+            lambda found: self._remember_builds(found),
+            self._remember_records,
+        )
 
     # -- facts -------------------------------------------------------------------------
 
     async def builds(self) -> dict[int, Build]:
         """Every build, by id."""
 
-        async def load() -> dict[int, Build]:
-            return self._remember_builds(await self._ask(self._api.list_builds))
-
-        return await self._last_builds.get(None, lambda: self._builds.get(None, load))
+        return await self._last_builds.get(None, lambda: self._builds.get(None, self._fetch_builds))
 
     async def record(self, build: Build) -> Build:
-        """The build's newest record, asked again once it may have changed."""
+        """The build's newest record, asked again once it may have changed. When the server
+        fails and no record of it was fetched, the record the last list of builds gave."""
 
         async def load() -> tuple[Build, bool]:
-            fresh = await self._ask(lambda: self._api.get_build(build.id))
+            fresh = await self._last_records.load(
+                build.id,
+                lambda v: self._ask(lambda: self._api.build_if_changed(build.id, v)),
+                lambda found: found,
+            )
             return fresh, fresh.is_final
 
-        return await self._last_records.get(build.id, lambda: self._records.get(build.id, load))
+        try:
+            return await self._last_records.get(build.id, lambda: self._records.get(build.id, load))
+        except ApiError as exc:
+            kept = self._last_builds.fact(None)
+            listed = None if kept is None else kept.value.get(build.id)
+            if listed is None or not server_failed(exc):
+                raise
+            self.staleness.stale(exc)
+            return listed
 
     async def downloads(self, build: Build) -> list[Download]:
         """The build's downloads, in the API's order (those of other builds left out)."""
@@ -169,11 +212,20 @@ class Catalog:
             fresh = self.fresh_build(build)
             dropped = build.id in self._dropped
             self._dropped.discard(build.id)
-            found = _embedded(fresh) if fresh.is_final and not dropped else None
-            if found is None:
-                found = await self._ask(lambda: self._api.list_downloads(build.id))
-            mine = [d for d in found if d.build_id in (None, build.id) and d.id < self._id_limit]
-            return mine, fresh.is_final
+
+            def mine(found: list[Download]) -> list[Download]:
+                limit = self._id_limit
+                return [d for d in found if d.build_id in (None, build.id) and d.id < limit]
+
+            embedded = _embedded(fresh) if fresh.is_final and not dropped else None
+            if embedded is not None:
+                return mine(embedded), True
+            listed = await self._last_downloads.load(
+                build.id,
+                lambda v: self._ask(lambda: self._api.downloads_if_changed(build.id, v)),
+                mine,
+            )
+            return listed, fresh.is_final
 
         return await self._last_downloads.get(build.id, lambda: self._downloads.get(build.id, load))
 
@@ -181,9 +233,14 @@ class Catalog:
         """The records of the projects or of the patterns."""
 
         async def load() -> GroupRecords:
-            if kind == "project":
-                return await self._ask(self._api.list_projects)
-            return await self._ask(self._api.list_patterns)
+            ask = (
+                self._api.projects_if_changed
+                if kind == "project"
+                else self._api.patterns_if_changed
+            )
+            return await self._last_groups.load(
+                kind, lambda v: self._ask(lambda: ask(v)), lambda found: found
+            )
 
         return await self._last_groups.get(kind, lambda: self._groups.get(kind, load))
 
@@ -191,12 +248,21 @@ class Catalog:
         """A project's or pattern's builds, by id, from the API's ``project_id`` or
         ``pattern_id`` filter."""
 
-        async def load() -> tuple[dict[int, Build], bool]:
-            found = await self._ask(lambda: self._api.list_builds(**{f"{kind}_id": group_id}))
+        def make(found: list[Build]) -> dict[int, Build]:
             builds = self._remember_builds([b for b in found if belongs_to(b, kind, group_id)])
             cached = self._builds.peek(None)
             if cached is not None and not builds.keys() <= cached.keys():
                 self._builds.invalidate()  # A build newer than the cached list: ask again.
+            return builds
+
+        async def load() -> tuple[dict[int, Build], bool]:
+            filters = {f"{kind}_id": group_id}
+            builds = await self._last_group_builds.load(
+                (kind, group_id),
+                lambda v: self._ask(lambda: self._api.builds_if_changed(v, filters)),
+                make,
+                self._remember_records,
+            )
             return builds, all(b.is_final for b in builds.values())
 
         key = (kind, group_id)
@@ -223,6 +289,39 @@ class Catalog:
     def cached_group_builds(self, kind: GroupKind, group_id: int) -> dict[int, Build] | None:
         """A group's builds if a fresh listing of them is cached."""
         return self._group_builds.peek((kind, group_id))
+
+    # -- the server: reached or not ------------------------------------------------------
+
+    async def start(self) -> None:
+        """Ask for the list of builds at mount time, once. The server out of reach (no
+        connection, no answer within ``timeout``) with a list kept from an earlier mount:
+        offline (see the module docstring). Another transient failure is asked again with
+        the retries; anything else (a 401, no list kept) is raised."""
+        # Nothing else reads the store yet: its list (megabytes of JSON) is read aside.
+        kept = await trio.to_thread.run_sync(self._last_builds.fact, None)
+        try:
+            builds = await self._fetch_builds(retry=False)
+        except TransportError as exc:
+            if kept is None:
+                raise
+            self.staleness.go_offline(exc)
+            self._api.offline = True
+            return
+        except ApiError as exc:
+            if not is_transient(exc):
+                raise
+            builds = await self._fetch_builds()
+        self._builds.put(None, builds)
+
+    async def check(self) -> None:
+        """Ask the server for the list of builds now, offline or not (``ApiError`` when it
+        fails); when it answers, the catalog is online and the list fresh."""
+        was_offline = self.staleness.offline
+        builds = await self._fetch_builds(offline=True)
+        self._api.offline = False
+        self._builds.put(None, builds)
+        if was_offline:
+            self._retry_all_now()
 
     # -- changes from outside ------------------------------------------------------------
 
@@ -260,6 +359,9 @@ class Catalog:
         self._records.invalidate()
         self._groups.invalidate()
         self._group_builds.invalidate()
+        self._retry_all_now()
+
+    def _retry_all_now(self) -> None:
         for last in (
             self._last_builds, self._last_downloads, self._last_records, self._last_groups,
             self._last_group_builds,

@@ -47,7 +47,14 @@ def _format_status(state: Mapping[str, Any]) -> str:
     profile = f" (profile {state['profile']})" if state.get("profile") else ""
     reach = "reachable" if api["reachable"] else f"NOT reachable: {api['error']}"
     stale = state.get("stale") or {}
-    if stale.get("serving"):
+    offline = state.get("offline") or {}
+    if offline.get("offline"):
+        since = dt.datetime.fromtimestamp(offline["since"]).isoformat(timespec="seconds")
+        reach += (
+            f"; OFFLINE since {since} ({_ago(offline['since'], now)}): serving the listings "
+            f"and files on disk ({stale.get('served', 0)} stale answers)"
+        )
+    elif stale.get("serving"):
         reach += (
             f"; serving cached listings since {_ago(stale['since'], now)} "
             f"({stale['served']} stale answers)"

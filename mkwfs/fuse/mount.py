@@ -1,7 +1,9 @@
 """Mounting: pyfuse3 init/main/close around a Tree, the control socket, signals, readiness.
 
 ``serve`` claims the mount point's control socket (so a second mkwfs on the same mount point
-is refused), checks the API (so a wrong URL or token fails before anything is mounted),
+is refused), opens the listings kept on disk (``<cache>/catalog.db``), checks the API (so a
+wrong URL or token fails before anything is mounted; a server out of reach mounts offline
+from the listings kept, and the mount goes online by itself once the server answers),
 mounts, reports readiness (to its caller, and to systemd over ``$NOTIFY_SOCKET``), and
 serves until the filesystem is unmounted (``fusermount3 -u``) or the process gets
 SIGTERM/SIGINT, after which it unmounts. Downloads in progress are cut off there; what
@@ -30,7 +32,10 @@ import trio
 from pyfuse3 import InodeT
 
 from mkwfs import __version__
+from mkwfs.catalog.listings import Catalog
 from mkwfs.catalog.sizes import SizeConfig
+from mkwfs.catalog.sqlite import open_sqlite_store
+from mkwfs.catalog.store import FactStore
 from mkwfs.config import Config
 from mkwfs.content.config import ContentConfig
 from mkwfs.content.store import ContentStore, open_content_store
@@ -47,6 +52,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds ``mkwfs status`` waits for the server to answer its check.
 STATUS_CHECK_TIMEOUT = 10.0
+#: Seconds between two checks whether the server answers again, while offline.
+RECONNECT_INTERVAL = 5.0
 
 
 class MountError(MkwfsError):
@@ -130,7 +137,7 @@ class _Mount:
         checked = time.time()
         try:
             with trio.fail_after(STATUS_CHECK_TIMEOUT):
-                await self.api.list_builds()
+                await self.tree.catalog.check()
             api_error = None
         except MkwfsError as exc:
             api_error = str(exc)
@@ -158,6 +165,10 @@ class _Mount:
                 "last_success": stats.last_success,
                 "last_failure": stats.last_failure,
                 "last_error": stats.last_error,
+            },
+            "offline": {
+                "offline": staleness.offline,
+                "since": staleness.offline_since,
             },
             "stale": {
                 "serving": staleness.active,
@@ -220,7 +231,7 @@ async def _serve(config: Config, on_ready: Callable[[], None]) -> None:
             return await mount.handle(request, send)
 
         await nursery.start(serve_control, config.mountpoint, handle)
-        builds = await api.list_builds()
+        store = await nursery.start(_serve_store, config)
         content = await nursery.start(_serve_content, api, config)
         tree = Tree(
             api,
@@ -229,8 +240,9 @@ async def _serve(config: Config, on_ready: Callable[[], None]) -> None:
             attr_ttl=config.attr_ttl,
             timeout=config.timeout,
             size_probes=config.size_probes,
+            store=store,
         )
-        tree.seed_builds(builds)
+        await tree.catalog.start()
         mount = _Mount(config, api, content, tree)
         initialized = trio.Event()
         operations = MkwfsOperations(
@@ -251,6 +263,7 @@ async def _serve(config: Config, on_ready: Callable[[], None]) -> None:
             nursery.start_soon(_handle_signals, mount)
             nursery.start_soon(raise_readahead, config.mountpoint, initialized)
             nursery.start_soon(serve_memory_trim)
+            nursery.start_soon(serve_reconnect, tree.catalog)
             log.info("mounted %s on %s", config.api_url, config.mountpoint)
             on_ready()
             notify_systemd(f"READY=1\nSTATUS=serving {config.api_url} on {config.mountpoint}")
@@ -260,6 +273,26 @@ async def _serve(config: Config, on_ready: Callable[[], None]) -> None:
             pyfuse3.close(unmount=True)
             nursery.cancel_scope.cancel()
     log.info("unmounted %s", config.mountpoint)
+
+
+async def _serve_store(config: Config, *, task_status: trio.TaskStatus[FactStore]) -> None:
+    """Keep the catalog's listings in the cache directory until the mount ends; then the
+    last writes are made."""
+    async with open_sqlite_store(config.cache_dir, config.api_url) as store:
+        task_status.started(store)
+        await trio.sleep_forever()
+
+
+async def serve_reconnect(catalog: Catalog, interval: float = RECONNECT_INTERVAL) -> None:
+    """While the mount is offline, ask the server every ``interval`` seconds whether it
+    answers again (`Catalog.check`); when it does, the mount is online (new builds show)."""
+    while True:
+        await trio.sleep(interval)
+        if catalog.staleness.offline:
+            try:
+                await catalog.check()
+            except MkwfsError as exc:
+                log.debug("still offline: %s", exc)
 
 
 async def _serve_content(

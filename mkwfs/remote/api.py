@@ -26,7 +26,7 @@ from typing import Any, TypeVar, cast
 import httpx
 
 from mkwfs.remote.auth import Credentials
-from mkwfs.remote.errors import ConfigError, ProtocolError
+from mkwfs.remote.errors import ConfigError, Offline, ProtocolError
 from mkwfs.remote.failures import map_httpx_error, protocol_error, public_url, read_body, where
 from mkwfs.remote.headers import MAX_BODY_SIZE, content_info, content_range
 from mkwfs.remote.models import Build, ContentInfo, Download, parse_build, parse_download
@@ -43,6 +43,7 @@ from mkwfs.remote.payloads import (
 from mkwfs.remote.probes import NO_HEAD_STATUSES, HeadBatches, SizeProbes
 from mkwfs.remote.retry import RETRYABLE_STATUSES, RetryPolicy, is_transient, retrying
 from mkwfs.remote.session import ApiSession, ApiStats
+from mkwfs.remote.validators import Answer, Validator
 
 __all__ = [
     "JSON_BODY_LIMIT",
@@ -51,18 +52,21 @@ __all__ = [
     "NO_HEAD_STATUSES",
     "PAGE_LIMIT",
     "RETRYABLE_STATUSES",
+    "Answer",
     "ApiClient",
     "ApiStats",
     "Credentials",
     "DownloadStream",
     "HeadBatches",
     "RetryPolicy",
+    "Validator",
     "is_transient",
 ]
 
 T = TypeVar("T")
 
 _DEFAULT_RETRY = RetryPolicy()
+_NO_RETRY = RetryPolicy(attempts=1)
 
 
 class DownloadStream:
@@ -128,6 +132,9 @@ class ApiClient:
     `probe_downloads` cheap; without it that method leaves every probe to `probe_download`.
 
     ``page_limit`` is the ``$limit`` lists ask for (the server may send smaller pages).
+
+    ``offline`` (set by the catalog while the mount is offline): bodies and size probes
+    fail at once with ``Offline``, without a request; lists are the catalog's to hold back.
     """
 
     def __init__(
@@ -154,6 +161,7 @@ class ApiClient:
         self._page_limit = page_limit
         self.requests = self._session.requests
         self.stats = self._session.stats
+        self.offline = False
 
     def __repr__(self) -> str:
         return f"ApiClient({self.base_url!r}, {self._credentials!r})"
@@ -178,67 +186,134 @@ class ApiClient:
 
     async def list_builds(self, **filters: str | int) -> list[Build]:
         """``GET /api/v1/builds`` with the given filters (``project_id=402``, ...)."""
-        return await self._list_items("/api/v1/builds", filters, parse_build)
+        return _changed(await self.builds_if_changed(None, filters))
 
     async def get_build(self, build_id: int) -> Build:
         """``GET /api/v1/builds/:id``; ``NotFound`` for an unknown id."""
-        path = f"/api/v1/builds/{build_id}"
-        request = self._session.http.build_request("GET", self._session.url(path))
-        return _parsed(parse_build, await self._get_json(path), request)
+        return _changed(await self.build_if_changed(build_id, None))
 
     async def list_downloads(self, build_id: int) -> list[Download]:
         """``GET /api/v1/downloads?build_id=N``: the build's result files, without bodies."""
-        return await self._list("/api/v1/downloads", {"build_id": build_id}, parse_download)
+        return _changed(await self.downloads_if_changed(build_id, None))
 
     async def list_projects(self) -> list[Mapping[str, Any]]:
         """``GET /api/v1/projects``: the raw JSON objects."""
-        return await self._list("/api/v1/projects", {}, json_object)
+        return _changed(await self.projects_if_changed(None))
 
     async def list_patterns(self) -> list[Mapping[str, Any]]:
         """``GET /api/v1/patterns``: the raw JSON objects."""
-        return await self._list("/api/v1/patterns", {}, json_object)
+        return _changed(await self.patterns_if_changed(None))
+
+    # -- conditional metadata: a 304 costs no body and no parse ----------------------------
+    #
+    # Each takes the validator of the copy the caller holds (None: it holds none) and gives
+    # an `Answer`: the new value and its validator, or "not modified". ``retry=False`` sends
+    # the request once: a refused connection is believed at once (the mount's start).
+
+    async def builds_if_changed(
+        self,
+        validator: Validator | None,
+        filters: Mapping[str, str | int] | None = None,
+        *,
+        retry: bool = True,
+    ) -> Answer[list[Build]]:
+        """`list_builds` with ``filters``, conditional."""
+        filters = filters or {}
+        return await self._list("/api/v1/builds", filters, parse_build, validator, retry)
+
+    async def build_if_changed(
+        self, build_id: int, validator: Validator | None, *, retry: bool = True
+    ) -> Answer[Build]:
+        """`get_build`, conditional."""
+        path = f"/api/v1/builds/{build_id}"
+        request = self._session.http.build_request("GET", self._session.url(path))
+        answer = await self._get_json(path, None, validator, retry)
+        if answer.value is None:
+            return Answer(None, answer.validator)
+        return Answer(_parsed(parse_build, answer.value, request), answer.validator)
+
+    async def downloads_if_changed(
+        self, build_id: int, validator: Validator | None, *, retry: bool = True
+    ) -> Answer[list[Download]]:
+        """`list_downloads`, conditional."""
+        params = {"build_id": build_id}
+        parse = _whole(parse_download)
+        return await self._list("/api/v1/downloads", params, parse, validator, retry)
+
+    async def projects_if_changed(
+        self, validator: Validator | None, *, retry: bool = True
+    ) -> Answer[list[Mapping[str, Any]]]:
+        """`list_projects`, conditional."""
+        return await self._list("/api/v1/projects", {}, _whole(json_object), validator, retry)
+
+    async def patterns_if_changed(
+        self, validator: Validator | None, *, retry: bool = True
+    ) -> Answer[list[Mapping[str, Any]]]:
+        """`list_patterns`, conditional."""
+        return await self._list("/api/v1/patterns", {}, _whole(json_object), validator, retry)
 
     async def _list(
-        self, path: str, params: Mapping[str, str | int], parse: Callable[[object], T]
-    ) -> list[T]:
+        self,
+        path: str,
+        params: Mapping[str, str | int],
+        parse: ItemParser[T],
+        validator: Validator | None,
+        retry: bool,
+    ) -> Answer[list[T]]:
         """GET a list in pages of the largest size the server allows (`payloads.Listing`).
-        ``ProtocolError`` for pages that do not add up."""
-        return await self._list_items(path, params, lambda item, _source: parse(item))
-
-    async def _list_items(
-        self, path: str, params: Mapping[str, str | int], parse: ItemParser[T]
-    ) -> list[T]:
-        """`_list`, each item parsed as it is read with its JSON text (`decode_list`)."""
+        ``ProtocolError`` for pages that do not add up. Each item is parsed as it is read,
+        with its JSON text (`decode_list`). Only the first page is asked conditionally, and a
+        list that took more than one page gets no validator: one page's ETag says nothing of
+        the others."""
         first_page = self._session.http.build_request("GET", self._session.url(path), params=params)
         listing = Listing(self._page_limit)
+        answer: Answer[Any] = Answer(None, None)
+        pages = 0
         while not listing.done:
-            data = await self._get_json(path, {**params, **listing.params()}, parse)
+            conditional = validator if pages == 0 else None
+            answer = await self._get_json(
+                path, {**params, **listing.params()}, conditional, retry, parse
+            )
+            pages += 1
+            if answer.value is None:
+                return Answer(None, answer.validator)
             try:
-                listing.add(data)
+                listing.add(answer.value)
             except ValueError as exc:
                 raise protocol_error(first_page, exc) from exc
-        return cast(list[T], listing.items)
+        return Answer(cast(list[T], listing.items), answer.validator if pages == 1 else None)
 
     async def _get_json(
         self,
         path: str,
-        params: Mapping[str, str | int] | None = None,
+        params: Mapping[str, str | int] | None,
+        validator: Validator | None,
+        retry: bool,
         parse_items: ItemParser[Any] | None = None,
-    ) -> Any:
+    ) -> Answer[Any]:
         """GET ``path`` and decode its JSON body (a list's items with ``parse_items``, see
-        `decode_list`); retried per the policy."""
+        `decode_list`), with its validator; asked with ``validator``'s conditions, a 304 gives
+        "not modified" without reading a body. Retried per the policy (``retry``) or sent
+        once."""
+        headers = validator.headers() if validator is not None else None
 
-        async def once() -> Any:
-            async with self._session.exchange("GET", path, params=params) as response:
+        async def once() -> Answer[Any]:
+            exchange = self._session.exchange("GET", path, params=params, headers=headers)
+            async with exchange as response:
+                if response.status_code == 304:
+                    return Answer(None, Validator.of(response.headers) or validator)
                 body = await read_body(response)
                 try:
-                    if parse_items is not None:
-                        return decode_list(body, parse_items)
-                    return decode_json(body)
+                    value = (
+                        decode_json(body)
+                        if parse_items is None
+                        else decode_list(body, parse_items)
+                    )
+                    return Answer(value, Validator.of(response.headers))
                 except ValueError as exc:
                     raise protocol_error(response.request, exc) from exc
 
-        return await retrying(self._retry, once)
+        return await retrying(self._retry if retry else _NO_RETRY, once)
 
     # -- sizes ----------------------------------------------------------------------------
 
@@ -248,6 +323,7 @@ class ApiClient:
         ``HEAD``; when the server does not do ``HEAD`` (405/501), a ``GET`` with
         ``Range: bytes=0-0`` of which at most the one byte is read (`probes`).
         """
+        self._check_online()
         return await self._probes.probe(download_id)
 
     def probe_downloads(
@@ -264,7 +340,13 @@ class ApiClient:
         retries and servers without ``HEAD``. Without a batch path, or once the server
         refused ``HEAD``, every id is yielded with None.
         """
+        if self.offline:
+            return _none_for(download_ids)
         return self._probes.probe_many(download_ids, at_once=at_once)
+
+    def _check_online(self) -> None:
+        if self.offline:
+            raise Offline("offline: the server was out of reach at mount time", url=self.base_url)
 
     # -- bodies ---------------------------------------------------------------------------
 
@@ -281,6 +363,7 @@ class ApiClient:
         """
         if start < 0 or (end is not None and end <= start):
             raise ValueError(f"invalid byte range {start}..{end}")
+        self._check_online()
         path = f"/api/v1/downloads/{download_id}"
         headers = {"Accept-Encoding": "identity"}
         wants_range = start > 0 or end is not None
@@ -302,6 +385,25 @@ class ApiClient:
 
 
 # -- helpers without state --------------------------------------------------------------------
+
+
+async def _none_for(
+    download_ids: Sequence[int],
+) -> AsyncGenerator[tuple[int, ContentInfo | None], None]:
+    """Every id with None: what a batch of probes gives that asked nothing."""
+    for download_id in list(download_ids):
+        yield download_id, None
+
+
+def _whole(parse: Callable[[object], T]) -> ItemParser[T]:
+    """An item parser that needs the item's value only, not its JSON text."""
+    return lambda item, _source: parse(item)
+
+
+def _changed(answer: Answer[T]) -> T:
+    """The value of an unconditional call's answer (which cannot be "not modified")."""
+    assert answer.value is not None, "a 304 to a request without conditions"
+    return answer.value
 
 
 def _parsed(parse: Callable[[object], T], item: object, request: httpx.Request) -> T:

@@ -6,6 +6,7 @@
     ├── ConfigError                 bad option, file or environment (never reaches FUSE)
     ├── ApiError                    anything that went wrong talking to the API (.url)
     │   ├── TransportError          no HTTP answer: refused, reset, timeout, DNS
+    │   │   └── Offline             not asked: the mount is offline
     │   ├── ProtocolError           an answer that is not what the API promises
     │   │                           (malformed JSON, wrong shape, short body)
     │   └── HTTPStatusError         an HTTP error status (.status, .server_message)
@@ -102,6 +103,11 @@ class ApiError(MkwfsError):
 
 class TransportError(ApiError):
     """The server gave no HTTP answer: connection refused or reset, timeout, DNS failure."""
+
+
+class Offline(TransportError):
+    """Not asked: the mount is offline (the server was out of reach at mount time). Not
+    transient: nothing retries it; the mount goes online once the server answers."""
 
 
 class ProtocolError(ApiError):

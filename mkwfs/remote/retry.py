@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import trio
 
-from mkwfs.remote.errors import ApiError, HTTPStatusError, RateLimited, TransportError
+from mkwfs.remote.errors import ApiError, HTTPStatusError, Offline, RateLimited, TransportError
 
 __all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "is_transient", "retrying"]
 
@@ -53,7 +53,10 @@ class RetryPolicy:
 
 
 def is_transient(error: ApiError) -> bool:
-    """True for failures that another try of the same idempotent request may not meet."""
+    """True for failures that another try of the same idempotent request may not meet
+    (not ``Offline``: that request was not sent)."""
+    if isinstance(error, Offline):
+        return False
     if isinstance(error, TransportError):
         return True
     return isinstance(error, HTTPStatusError) and error.status in RETRYABLE_STATUSES

@@ -78,20 +78,23 @@ class ApiSession:
 
         Logs in first when there is no token. A 401 with email and password: log in again
         (once for all requests refused the same token) and repeat once. Any error status
-        is raised as the matching ``HTTPStatusError``.
+        is raised as the matching ``HTTPStatusError``; a 304 to a conditional request
+        (``If-None-Match``, ``If-Modified-Since``) is yielded: "not modified".
         """
         can_login = self.auth.credentials.can_login
         token = await self.auth.current()
         request = self._api_request(method, path, token, params, headers)
         async with self.sent(request) as response:
             if response.status_code != 401 or not can_login:
-                await raise_for_status(response, can_login=can_login)
+                if not _not_modified(response):
+                    await raise_for_status(response, can_login=can_login)
                 yield response
                 return
         token = await self.auth.current(stale=token)
         request = self._api_request(method, path, token, params, headers)
         async with self.sent(request) as response:
-            await raise_for_status(response, can_login=can_login)
+            if not _not_modified(response):
+                await raise_for_status(response, can_login=can_login)
             yield response
 
     @asynccontextmanager
@@ -159,6 +162,14 @@ class ApiSession:
             params=params,
             headers={**(headers or {}), "Authorization": f"Bearer {token}"},
         )
+
+
+def _not_modified(response: httpx.Response) -> bool:
+    """Whether ``response`` is a 304 to a conditional request (to any other it is an error)."""
+    headers = response.request.headers
+    return response.status_code == 304 and (
+        "if-none-match" in headers or "if-modified-since" in headers
+    )
 
 
 _TRAILING_ID = re.compile(r"/\d+$")

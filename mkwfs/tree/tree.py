@@ -49,6 +49,7 @@ import trio
 
 from mkwfs.catalog.listings import Catalog
 from mkwfs.catalog.stale import Staleness
+from mkwfs.catalog.store import FactStore
 from mkwfs.content.store import ContentStore
 from mkwfs.remote.api import ApiClient
 from mkwfs.remote.errors import NoSuchAttribute, NoSuchEntry, NotADirectory, UnsupportedAttribute
@@ -123,7 +124,8 @@ class Tree:
     """What the mount shows, in terms of inodes and names. Raises only ``MkwfsError``.
 
     ``final_ttl`` defaults to a day, ``live_ttl`` to ``min(dir_ttl, 5)`` seconds (see
-    ``Catalog``); ``timeout`` bounds each request (see the module docstring).
+    ``Catalog``); ``timeout`` bounds each request (see the module docstring); ``store``
+    keeps the catalog's last good listings (memory when None).
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class Tree:
         timer: Callable[[], float] = trio.current_time,
         mount_time: float | None = None,
         size_probes: SizeProbes = "ahead",
+        store: FactStore | None = None,
     ) -> None:
         self.timeout = timeout
         self.dir_ttl = dir_ttl
@@ -152,6 +155,7 @@ class Tree:
             timeout=timeout,
             id_limit=ID_LIMIT,
             timer=timer,
+            store=store,
         )
         self._content = content
         ctx = Context(

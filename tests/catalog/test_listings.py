@@ -16,7 +16,7 @@ import trio.testing
 
 from mkwfs.catalog.listings import Catalog, belongs_to
 from mkwfs.catalog.stale import STALE_RETRY
-from mkwfs.catalog.store import FactStore, FactTable, Fetched, MemoryStore
+from mkwfs.catalog.store import Codec, FactStore, FactTable, Fetched, MemoryStore
 from mkwfs.emulator import (
     AWKWARD_BUILD,
     BIG_BUILD,
@@ -28,7 +28,7 @@ from mkwfs.emulator import (
 )
 from mkwfs.remote.errors import NotFound, TransportError
 from mkwfs.remote.models import Build, parse_build
-from tests.helpers import open_api
+from tests.helpers import configure, open_api
 
 LIST = "GET /api/v1/downloads"
 BUILDS = "GET /api/v1/builds"
@@ -200,7 +200,9 @@ class _RecordingStore(FactStore):
         self.memory = MemoryStore()
         self.puts: dict[str, list[tuple[Hashable, Fetched[Any]]]] = {}
 
-    def table(self, name: str, *, maxsize: int) -> FactTable[Any, Any]:
+    def table(
+        self, name: str, *, maxsize: int, codec: Codec[Any, Any] | None = None
+    ) -> FactTable[Any, Any]:
         inner: FactTable[Any, Any] = self.memory.table(name, maxsize=maxsize)
         puts = self.puts.setdefault(name, [])
 
@@ -215,9 +217,22 @@ class _RecordingStore(FactStore):
         return Recording()
 
 
+async def test_embedded_downloads_are_kept_with_the_list_of_builds(emulator: Emulator) -> None:
+    """A finished build's files come from its object in the list of builds: the list's
+    fact holds them (for a remount without the server), no list fact of their own."""
+    store = _RecordingStore()
+    async with open_catalog(emulator, store=store, wall=lambda: 1234.5) as catalog:
+        demo = await build(catalog, DEMO_BUILD)
+        files = await catalog.downloads(demo)
+    assert store.puts["downloads"] == []
+    ((_key, fact),) = store.puts["builds"]
+    assert fact.value[DEMO_BUILD].embedded_downloads() == files
+
+
 async def test_the_last_good_copies_go_to_the_store_with_their_fetch_time(
     emulator: Emulator,
 ) -> None:
+    configure(emulator, embed_downloads=False)  # builds without their files: lists asked
     store = _RecordingStore()
     async with open_catalog(emulator, store=store, wall=lambda: 1234.5) as catalog:
         demo = await build(catalog, DEMO_BUILD)
@@ -226,4 +241,7 @@ async def test_the_last_good_copies_go_to_the_store_with_their_fetch_time(
     ((key, fact),) = store.puts["builds"]
     assert key is None and sorted(fact.value) == sorted(b["id"] for b in emulator.builds)
     assert store.puts["downloads"] == [(DEMO_BUILD, Fetched(files, 1234.5))]
-    assert (DEMO_BUILD, Fetched(demo, 1234.5)) in store.puts["records"]
+    assert store.puts["records"] == []  # a list's records are kept in the list's fact
+    async with open_catalog(emulator, store=store, wall=lambda: 1234.5) as catalog:
+        record = await catalog.record(demo)
+    assert store.puts["records"] == [(DEMO_BUILD, Fetched(record, 1234.5))]

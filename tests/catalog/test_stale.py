@@ -20,6 +20,7 @@ from mkwfs.remote.errors import (
     TokenRejected,
     TransportError,
 )
+from mkwfs.remote.validators import Answer, Validator
 
 URL = "http://emulator.test/api/v1/builds"
 
@@ -45,11 +46,16 @@ class Loader:
         self.error: ApiError | None = None
         self.calls = 0
 
-    async def __call__(self) -> int:
+    async def __call__(self, validator: Validator | None) -> Answer[int]:
         self.calls += 1
         if self.error is not None:
             raise self.error
-        return self.value
+        return Answer(self.value, None)
+
+
+async def get(last: LastGood[str, int], load: Loader) -> int:
+    """The value of "k" through ``last``, loaded by ``load`` when asked."""
+    return await last.get("k", lambda: last.load("k", load, lambda value: value))
 
 
 async def test_a_failure_of_the_server_gives_the_last_good_value_for_a_while(
@@ -58,15 +64,15 @@ async def test_a_failure_of_the_server_gives_the_last_good_value_for_a_while(
     staleness = Staleness()
     last = LastGood[str, int](staleness, MemoryStore().table("t", maxsize=8), wall=lambda: 7.0)
     load = Loader()
-    assert await last.get("k", load) == 1
+    assert await get(last, load) == 1
     load.value, load.error = 2, ServerError("503", url=URL, status=503)
-    assert await last.get("k", load) == 1
+    assert await get(last, load) == 1
     assert staleness.active and staleness.served == 1 and staleness.last_error == "503"
-    assert await last.get("k", load) == 1  # not asked again within STALE_RETRY
+    assert await get(last, load) == 1  # not asked again within STALE_RETRY
     assert load.calls == 2
     mock_clock.jump(STALE_RETRY + 0.1)
     load.error = None
-    assert await last.get("k", load) == 2
+    assert await get(last, load) == 2
     staleness.fresh()
     assert staleness.since is None and staleness.served == 1  # one stale answer was given
 
@@ -77,24 +83,24 @@ async def test_without_a_good_value_or_with_the_servers_word_the_error_comes_thr
     load = Loader()
     load.error = ServerError("503", url=URL, status=503)
     with pytest.raises(ServerError):
-        await last.get("k", load)
+        await get(last, load)
     load.error = None
-    await last.get("k", load)
+    await get(last, load)
     load.error = NotFound("404", url=URL, status=404)
     with pytest.raises(NotFound):
-        await last.get("k", load)
+        await get(last, load)
     assert not staleness.active
 
 
 async def test_retry_now_asks_again_right_after_a_failure() -> None:
     last = LastGood[str, int](Staleness(), MemoryStore().table("t", maxsize=8))
     load = Loader()
-    await last.get("k", load)
+    await get(last, load)
     load.error = TransportError("refused", url=URL)
-    await last.get("k", load)
+    await get(last, load)
     load.value, load.error = 3, None
     last.retry_now()
-    assert await last.get("k", load) == 3
+    assert await get(last, load) == 3
 
 
 def test_the_memory_store_keeps_the_newest_fact_and_drops_the_least_recently_used() -> None:
@@ -106,3 +112,33 @@ def test_the_memory_store_keeps_the_newest_fact_and_drops_the_least_recently_use
     table.put("c", Fetched(4, 13.0))
     assert table.get("b") is None
     assert table.get("a") == Fetched(2, 11.0) and table.get("c") == Fetched(4, 13.0)
+
+
+async def test_a_304_keeps_the_copy_renewed_and_calls_unchanged() -> None:
+    times = iter([10.0, 20.0])
+    table: FactTable[str, list[int]] = MemoryStore().table("t", maxsize=2)
+    last = LastGood[str, list[int]](Staleness(), table, wall=lambda: next(times))
+    first = await last.load("k", lambda v: _answer([1], Validator('W/"1"')), list)
+    asked: list[Validator | None] = []
+    seen: list[list[int]] = []
+
+    async def not_modified(validator: Validator | None) -> Answer[list[int]]:
+        asked.append(validator)
+        return Answer(None, validator)
+
+    again = await last.load("k", not_modified, list, seen.append)
+    assert again is first and seen == [first] and asked == [Validator('W/"1"')]
+    assert table.get("k") == Fetched([1], 20.0, Validator('W/"1"'))
+
+
+async def _answer(value: list[int], validator: Validator) -> Answer[list[int]]:
+    return Answer(value, validator)
+
+
+def test_offline_starts_stale_and_ends_at_the_first_answer() -> None:
+    staleness = Staleness()
+    staleness.go_offline(TransportError("refused", url=URL))
+    assert staleness.offline and staleness.active and staleness.last_error == "refused"
+    assert staleness.offline_since == staleness.since
+    staleness.fresh()
+    assert (staleness.offline, staleness.active) == (False, False)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from mkwfs.emulator import CANCELED_BUILD, DEMO_BUILD, LARGE_BUILD, Emulator
+from mkwfs.emulator import BUILDING_BUILD, CANCELED_BUILD, DEMO_BUILD, LARGE_BUILD, Emulator
 from tests.conftest import MountFactory, is_mounted, wait_for
 from tests.e2e.test_e2e_mount import errno_of, mkwfs, read_cold, results
 
@@ -55,7 +55,10 @@ def test_a_remount_without_the_server_serves_what_was_seen_then_goes_online(
     assert read_cold(demo / small) == body
     uncached = next(name for name in seen if name != small)
     assert errno_of(read_cold, demo / uncached) == errno.EIO
-    assert errno_of(os.listdir, again.path / "builds" / str(LARGE_BUILD)) == errno.EIO
+    # A finished build's files come with its object in the list of builds, though its
+    # directory was never opened; a running build's list was never asked: EIO.
+    assert len(results(again.path / "builds" / str(LARGE_BUILD))) == 1000
+    assert errno_of(os.listdir, again.path / "builds" / str(BUILDING_BUILD)) == errno.EIO
     code, state = status(again.path, mkwfs_env)
     assert code == 1 and not state["api"]["reachable"]
     assert state["offline"]["offline"] and state["offline"]["since"] is not None
@@ -79,10 +82,13 @@ def requests_in(log: str) -> list[tuple[str, str, str, int]]:
     return [(m[1], m[2], m[3], int(m[4])) for m in _REQUEST_LINE.finditer(log)]
 
 
+@pytest.mark.parametrize("embedded", [True, False], ids=["files-in-build-objects", "files-listed"])
 def test_a_remount_revalidates_the_listings_seen_with_304s(
-    mount_fs: MountFactory, emulator: Emulator
+    mount_fs: MountFactory, emulator: Emulator, embedded: bool
 ) -> None:
-    emulator.config = replace(emulator.config, etags=True)
+    """Build objects that carry their files: the list of builds is the one request (a 304);
+    without them a build's list is revalidated too."""
+    emulator.config = replace(emulator.config, etags=True, embed_downloads=embedded)
     first = mount_fs("--debug")
     os.listdir(first.path / "builds")
     seen = sizes(first.path / "builds" / str(DEMO_BUILD))
@@ -93,9 +99,11 @@ def test_a_remount_revalidates_the_listings_seen_with_304s(
     os.listdir(again.path / "builds")
     assert sizes(again.path / "builds" / str(DEMO_BUILD)) == seen
     sent = requests_in(again.log())
-    assert [(m, s) for m, _, s, _ in sent] == [("GET", "304"), ("GET", "304")], sent
+    lists = 1 if embedded else 2
+    assert [(m, s) for m, _, s, _ in sent] == [("GET", "304")] * lists, sent
     assert sum(size for *_, size in sent) == 0
-    assert emulator.stats.not_modified == 1  # the mount's own 304 came before the count reset
+    # The mount's own 304 (the list of builds) came before the counters were reset.
+    assert emulator.stats.not_modified == lists - 1
 
 
 def test_a_corrupt_catalog_database_is_set_aside_and_made_again(

@@ -76,6 +76,8 @@ class DiskStore:
         self.unwritten: dict[int, bytes] = {}
         self._writing = False
         self._written = trio.Event()
+        self._unwritten_bytes = 0
+        self._batch_full = trio.Event()
         #: Bodies written but not synced yet, and whether a sync of them is planned.
         self._unsynced: list[tuple[int, Identity]] = []
         self._sync_planned = False
@@ -182,6 +184,9 @@ class DiskStore:
         """Keep a whole body fetched in one piece: served from ``unwritten`` until a
         background task wrote it (see the module docstring). Call it after ``ready``."""
         self.unwritten[download_id] = data
+        self._unwritten_bytes += len(data)
+        if self._unwritten_bytes >= self._config.write_batch:
+            self._batch_full.set()
         if not self._writing:
             self._writing = True
             self._nursery.start_soon(guarded, self._write_wholes)
@@ -195,6 +200,8 @@ class DiskStore:
         """Write what ``store_whole`` was given, all that waits in one thread hop."""
         try:
             with trio.CancelScope(shield=True):  # what is fetched gets written
+                with trio.move_on_after(self._config.write_gather):
+                    await self._batch_full.wait()
                 while batch := [
                     (i, d) for i, d in self.unwritten.items() if i not in self.complete
                 ]:
@@ -208,10 +215,13 @@ class DiskStore:
                             self._unsynced.append((download_id, result))
                             self.eviction.touch(download_id, len(data))
                         del self.unwritten[download_id]
+                        self._unwritten_bytes -= len(data)
                     self._sync_soon()
                     await self.eviction.evict(self.bodies)
                 self.unwritten.clear()  # the rest was complete on disk already
+                self._unwritten_bytes = 0
         finally:
+            self._batch_full = trio.Event()
             self._writing = False
             self._written.set()
             self._written = trio.Event()

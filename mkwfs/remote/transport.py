@@ -59,6 +59,10 @@ QUEUE_LIMIT: Final = 4 << 20
 #: taking 15 ms instead of 4); a reader that is behind gets big pieces, fewer trips.
 FIRST_LIMIT: Final = 64 << 10
 HUNGRY_LIMIT: Final = 256 << 10
+#: Handles kept set up for `CurlTransport.get_whole`, per setup (headers and timeouts:
+#: about one per token), and how many setups at most.
+WHOLE_SPARE: Final = 32
+WHOLE_SETUPS: Final = 4
 #: Bytes libcurl receives from a socket at once (it passes them on 16 KiB at a time).
 RECEIVE_BUFFER: Final = 512 << 10
 
@@ -108,6 +112,8 @@ class CurlTransport(httpx.AsyncBaseTransport):
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         self._idle: list[pycurl.Curl] = []
+        #: Handles of finished `get_whole` requests, still set up, by their setup.
+        self._whole_spare: dict[tuple[str | float | None, ...], list[pycurl.Curl]] = {}
         self._exchanges: dict[pycurl.Curl, _Exchange | _Probe | _WholeGet] = {}
         #: libcurl's sockets, watched in an epoll set of their own that trio watches: libcurl
         #: changes its interest twice per request, which this follows with one system call.
@@ -143,9 +149,10 @@ class CurlTransport(httpx.AsyncBaseTransport):
         if nursery is not None and manager is not None:
             nursery.cancel_scope.cancel()
             await manager.__aexit__(None, None, None)
-        for handle in self._idle:
+        for handle in [*self._idle, *(h for spare in self._whole_spare.values() for h in spare)]:
             handle.close()
         self._idle.clear()
+        self._whole_spare.clear()
         self._multi.close()
         self._epoll.close()
 
@@ -255,12 +262,18 @@ class CurlTransport(httpx.AsyncBaseTransport):
         if self._nursery is None:
             raise RuntimeError("CurlTransport is used outside its async with block")
         connect, read = per_request.connect, per_request.read
-        handle = self._idle.pop() if self._idle else pycurl.Curl()
-        _prepare(handle, url, [f"{name}: {value}" for name, value in headers.items()], connect)
-        handle.setopt(pycurl.HTTPGET, 1)
-        if read is not None:
-            handle.setopt(pycurl.TIMEOUT_MS, _milliseconds((connect or 0) + read))
-        get = _WholeGet(url, handle, max_size)
+        setup = (*(f"{name}: {value}" for name, value in headers.items()), connect, read)
+        spare = self._whole_spare.get(setup)
+        if spare:  # set up by an earlier request with the same headers and times
+            handle = spare.pop()
+            handle.setopt(pycurl.URL, url)
+        else:
+            handle = self._idle.pop() if self._idle else pycurl.Curl()
+            _prepare(handle, url, [f"{name}: {value}" for name, value in headers.items()], connect)
+            handle.setopt(pycurl.HTTPGET, 1)
+            if read is not None:
+                handle.setopt(pycurl.TIMEOUT_MS, _milliseconds((connect or 0) + read))
+        get = _WholeGet(url, handle, max_size, setup)
         handle.setopt(pycurl.HEADERFUNCTION, get.lines.append)
         handle.setopt(pycurl.WRITEFUNCTION, get.on_body)
         self._exchanges[handle] = get
@@ -381,6 +394,13 @@ class CurlTransport(httpx.AsyncBaseTransport):
         if isinstance(exchange, _Probe) and not exchange.abandoned:
             exchange.spare.append(handle)  # set up for the batch's next request
             return
+        if isinstance(exchange, _WholeGet) and not exchange.abandoned:
+            spare = self._whole_spare.get(exchange.setup)
+            if spare is None and len(self._whole_spare) < WHOLE_SETUPS:
+                spare = self._whole_spare[exchange.setup] = []
+            if spare is not None and len(spare) < WHOLE_SPARE:
+                spare.append(handle)  # set up for the next get_whole with that setup
+                return
         handle.reset()  # drops the callbacks, and with them the exchange
         self._idle.append(handle)
 
@@ -462,9 +482,14 @@ class _WholeGet:
     """One ``GET`` of `CurlTransport.get_whole`: its head lines and body pieces gathered as
     libcurl passes them, the answer made once it ends."""
 
-    def __init__(self, url: str, handle: pycurl.Curl, max_size: int) -> None:
+    def __init__(
+        self, url: str, handle: pycurl.Curl, max_size: int, setup: tuple[str | float | None, ...]
+    ) -> None:
         self.url = url
         self.handle = handle
+        #: What the handle is set up with (headers, timeouts): its key among spare handles.
+        self.setup = setup
+        self.abandoned = False
         self.lines: list[bytes] = []
         self.answer: Whole | None = None
         self.done = trio.Event()
@@ -492,7 +517,8 @@ class _WholeGet:
         self.done.set()
 
     def abandon(self) -> None:
-        """Nobody waits for this answer any more."""
+        """Nobody waits for this answer any more: the handle is reset, not kept set up."""
+        self.abandoned = True
 
 
 class _Exchange:

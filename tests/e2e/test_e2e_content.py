@@ -125,4 +125,6 @@ def test_a_daemon_killed_mid_download_leaves_nothing_wrong_and_resumes(
     )
     assert emulator.requests[GET] >= 1
     assert emulator.bytes_sent <= size - 15 * MiB  # resumed from the last record, not from 0
+    # Renamed complete in the background, after its sync.
+    assert wait_for(lambda: (content / str(MEDIUM_FILE)).exists(), timeout=15)
     assert (content / str(MEDIUM_FILE)).stat().st_size == size

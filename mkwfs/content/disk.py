@@ -192,34 +192,39 @@ class DiskStore:
             self._nursery.start_soon(guarded, self._write_wholes)
 
     async def flush(self) -> None:
-        """Return once the small bodies given so far are written (or failed to be)."""
+        """Return once the small bodies given so far are written (or failed to be), at
+        once: without waiting for more to gather."""
         while self._writing:
+            self._batch_full.set()
             await self._written.wait()
 
     async def _write_wholes(self) -> None:
         """Write what ``store_whole`` was given, all that waits in one thread hop."""
         try:
+            with trio.move_on_after(self._config.write_gather):
+                await self._batch_full.wait()  # cancelled: no more gathering, write now
+        finally:
             with trio.CancelScope(shield=True):  # what is fetched gets written
-                with trio.move_on_after(self._config.write_gather):
-                    await self._batch_full.wait()
-                while batch := [
-                    (i, d) for i, d in self.unwritten.items() if i not in self.complete
-                ]:
-                    jobs = [(self.path(i, ".new"), self.path(i), d) for i, d in batch]
-                    results = await trio.to_thread.run_sync(_write_wholes, jobs)
-                    for (download_id, data), result in zip(batch, results, strict=True):
-                        if isinstance(result, OSError):
-                            log.warning("cannot store download %d: %s", download_id, result)
-                        else:
-                            self.complete.add(download_id)
-                            self._unsynced.append((download_id, result))
-                            self.eviction.touch(download_id, len(data))
-                        del self.unwritten[download_id]
-                        self._unwritten_bytes -= len(data)
-                    self._sync_soon()
-                    await self.eviction.evict(self.bodies)
-                self.unwritten.clear()  # the rest was complete on disk already
-                self._unwritten_bytes = 0
+                await self._write_unwritten()
+
+    async def _write_unwritten(self) -> None:
+        try:
+            while batch := [(i, d) for i, d in self.unwritten.items() if i not in self.complete]:
+                jobs = [(self.path(i, ".new"), self.path(i), d) for i, d in batch]
+                results = await trio.to_thread.run_sync(_write_wholes, jobs)
+                for (download_id, data), result in zip(batch, results, strict=True):
+                    if isinstance(result, OSError):
+                        log.warning("cannot store download %d: %s", download_id, result)
+                    else:
+                        self.complete.add(download_id)
+                        self._unsynced.append((download_id, result))
+                        self.eviction.touch(download_id, len(data))
+                    del self.unwritten[download_id]
+                    self._unwritten_bytes -= len(data)
+                self._sync_soon()
+                await self.eviction.evict(self.bodies)
+            self.unwritten.clear()  # the rest was complete on disk already
+            self._unwritten_bytes = 0
         finally:
             self._batch_full = trio.Event()
             self._writing = False

@@ -56,6 +56,19 @@ class ContentConfig:
     #: How long closing the store waits for fetches to put what arrived on disk.
     stop_timeout: float = 5.0
 
+    # -- small bodies (see fetcher.py's ``fetch_small``, disk.py's ``store_whole``) --------
+    #: A body of known size up to this is fetched whole into memory in one GET, served from
+    #: there at once, and written to disk in the background (no stream, no ``.part``).
+    small_max: int = 1 * MiB
+    #: Seconds fetched small bodies gather in memory before they go to disk together (one
+    #: thread hop for all), unless ``write_batch`` bytes gathered sooner.
+    write_gather: float = 0.25
+    write_batch: int = 4 * MiB
+    #: Seconds a body written without a sync waits for others, to be synced with them.
+    sync_delay: float = 1.0
+    #: The kernel's boot id (see durable.py): tests play a reboot with a file of their own.
+    boot_id_file: str = "/proc/sys/kernel/random/boot_id"
+
     # -- the disk (see disk.py, writer.py, eviction.py) --------------------------------------
     #: Smaller fetches are written through the page cache (opening for O_DIRECT costs more).
     direct_min: int = 1 * MiB

@@ -7,6 +7,9 @@ stay away for ``idle_close`` seconds. A read joins a fetch by the bytes that arr
 by those on disk, which may lag them by megabytes; a fetch ends where the bytes that follow
 are on disk (``run_through`` of them at least, or all it is for).
 
+A small body of known size (``small_max``) is fetched whole instead (`fetch_small`): one
+GET into one buffer, served from memory, written to disk in the background.
+
 Transient failures (connection lost, timeouts, 429, 502/503/504, a body cut short) are
 retried with exponential backoff and jitter, resuming at the byte reached. A read fails
 once its bytes made no progress for ``stall_timeout`` seconds, or with the error of the
@@ -20,6 +23,7 @@ from collections.abc import Callable, Iterable
 
 import trio
 
+from mkwfs.catalog.cache import SingleFlight
 from mkwfs.content.body import Body, Fetch
 from mkwfs.content.config import ContentConfig
 from mkwfs.content.disk import DiskStore
@@ -61,6 +65,7 @@ class Fetcher:
         self.failed_transfers = 0
         #: Body bytes received from the server and put on disk.
         self.bytes_received = 0
+        self._small_flights = SingleFlight[int, bytes | None]()
 
     async def stop(self, bodies: Iterable[Body]) -> None:
         """Stop taking bytes from the network, and return once what arrived is on disk."""
@@ -69,6 +74,41 @@ class Fetcher:
             body.notify()
             while body.fetches:  # a fetch notifies as it ends
                 await body.changed()
+
+    async def fetch_small(self, download_id: int, size: int) -> bytes | None:
+        """The whole body of ``size`` bytes, in one GET (concurrent callers share it), kept
+        for the disk (`DiskStore.store_whole`); None when it must take the streaming way,
+        which retries: after a transient failure, or no whole answer in ``stall_timeout``
+        (a body slow but moving is never cut). Call it after `DiskStore.ready`."""
+        return await self._small_flights.run(
+            download_id, lambda: self._fetch_small(download_id, size)
+        )
+
+    async def _fetch_small(self, download_id: int, size: int) -> bytes | None:
+        if (data := self._disk.unwritten.get(download_id)) is not None:
+            return data  # fetched just before
+        self.transfers += 1
+        with trio.move_on_after(self.stall_timeout):
+            try:
+                data = await self._api.download_whole(download_id, max_size=size)
+            except ApiError as exc:
+                if not _retryable(exc):
+                    self.failed_transfers += 1
+                    raise
+                log.info("download %d: trying again as a stream after: %s", download_id, exc)
+                return None
+            if len(data) != size:
+                self.failed_transfers += 1
+                raise ContentError(
+                    f"download {download_id} is {len(data)} bytes now, but {size} before: "
+                    "its bytes changed on the server"
+                )
+            self.bytes_received += size
+            self._disk.store_whole(download_id, data)
+            return data
+        log.info("download %d: no whole answer in %g s, trying as a stream", download_id,
+                 self.stall_timeout)  # fmt: skip
+        return None
 
     def fetch_for(self, body: Body, offset: int, until: int) -> Fetch:
         """The fetch that will bring the byte at ``offset`` (for a read that needs the bytes

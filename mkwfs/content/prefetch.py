@@ -6,18 +6,21 @@ the counts in a ``PrefetchProgress`` that the caller may look at while it runs: 
 fetched, already cached, failed (each failure with its path and reason), bytes. A failure
 of one body never stops the others. Nothing else is fetched.
 
-"Already cached" means complete in the cache when the prefetch began: a body whose final
-name ``<cache>/content/<id>`` was there (``complete_on_disk``, one directory scan), which
-``fetch_whole`` serves without a request.
+"Already cached" means complete in the cache when the prefetch began
+(``ContentStore.complete_bodies``), which ``fetch_whole`` serves without a request.
+
+With ``probe_sizes`` the sizes of the bodies not cached are probed first, in batches (the
+HEADs that ``ls -l`` sends too): a small body of known size then comes whole on the lean
+path (`ContentStore.fetch_whole`). Without it no HEAD is sent (``--size-probes stat|off``:
+servers that count a HEAD as a download), and each body is fetched by one open-ended GET
+that tells its size.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -63,20 +66,6 @@ class PrefetchProgress:
         }  # fmt: skip
 
 
-def _scan_complete(directory: Path) -> frozenset[int]:
-    try:
-        with os.scandir(directory) as entries:
-            return frozenset(int(e.name) for e in entries if e.name.isdigit())
-    except FileNotFoundError:
-        return frozenset()
-
-
-async def complete_on_disk(cache_dir: Path) -> frozenset[int]:
-    """The download ids whose bodies are complete in the content cache of ``cache_dir``
-    (their final names, see docs/interfaces.md), in one directory scan in a worker thread."""
-    return await trio.to_thread.run_sync(_scan_complete, cache_dir / "content")
-
-
 def reason(exc: MkwfsError) -> str:
     """Why a body could not be had, for a message about one file."""
     return str(exc) or type(exc).__name__
@@ -89,6 +78,7 @@ async def fetch_bodies(
     at_once: int,
     complete: frozenset[int],
     progress: PrefetchProgress,
+    probe_sizes: bool = False,
 ) -> None:
     """Make each wanted body complete in ``store``, at most ``at_once`` at a time, counting
     in ``progress`` (``files`` is set here); ``complete`` holds the ids that were complete
@@ -97,9 +87,13 @@ async def fetch_bodies(
         raise ValueError("at_once must be at least 1")
     progress.files += len(wanted)
     queue = iter(wanted)  # shared by the workers: each body is taken once
+    if probe_sizes:
+        store.prefetch_sizes(w.download_id for w in wanted if w.download_id not in complete)
 
     async def fetch_one(item: Wanted) -> None:
         try:
+            if probe_sizes:
+                await store.wait_for_sizes([item.download_id])
             size = await store.fetch_whole(item.download_id)
         except MkwfsError as exc:
             log.info("prefetch of %s (download %d) failed: %s", item.path, item.download_id, exc)

@@ -9,6 +9,8 @@ one, of the range the planner (``planner.py``) chooses. The rooms behind this fa
 - ``mkwfs.catalog.sizes``: the sizes, their probes and the size log;
 - ``planner``: which range to fetch for a read (pure);
 - ``fetcher``: the GETs, their retries and resumes; ``recent``: the bytes that last arrived;
+  a small body of known size not on disk goes whole in one GET (``fetch_small``), served
+  from memory while the disk writes it in the background;
 - ``disk``: ``.part``/``.map`` files, settling and renames; ``writer``: the disk writes;
   ``eviction``: the bound on the cache.
 """
@@ -84,6 +86,7 @@ class ContentStore:
             stall_timeout=stall_timeout,
         )
         self._reads = 0
+        self._config = config
 
     @property
     def max_bytes(self) -> int | None:
@@ -105,6 +108,7 @@ class ContentStore:
         Readers are served bytes as they arrive, before the disk has them: without this, an
         unmount right after a read would lose what its fetch had not written yet."""
         await self._fetcher.stop(self._disk.bodies.values())
+        await self._disk.flush()
 
     async def aclose(self) -> None:
         """Record what is on disk of every partial body and close it, and the sizes not yet
@@ -183,10 +187,14 @@ class ContentStore:
             return recent
         try:
             if download_id not in self._disk.complete:
+                if (data := self._disk.unwritten.get(download_id)) is not None:
+                    return memoryview(data)[offset : offset + length]
                 size = await self.size(download_id)
                 end = min(offset + length, size)
                 if offset >= end:
                     return b""
+                if (small := await self._small(download_id, size)) is not None:
+                    return memoryview(small)[offset:end]
                 async with self._disk.using(download_id) as body:
                     if body is not None:
                         await self._wait_for(body, offset, end)
@@ -198,6 +206,16 @@ class ContentStore:
             return await self._disk.read_complete(download_id, offset, length)
         except OSError as exc:
             raise ContentError(f"cannot read cached download {download_id}: {exc}") from exc
+
+    async def _small(self, download_id: int, size: int) -> bytes | None:
+        """The whole body if it is small, of a known size and not on disk at all (so
+        nothing on disk needs a look), fetched whole; else None."""
+        if size > self._config.small_max:
+            return None
+        await self._disk.ready()
+        if self._disk.stored(download_id):
+            return None
+        return await self._fetcher.fetch_small(download_id, size)
 
     def _arrived_now(self, download_id: int, offset: int, length: int) -> memoryview | bytes | None:
         """The bytes of a read that the recent bytes hold, at once (no wait, no checkpoint:
@@ -250,14 +268,23 @@ class ContentStore:
 
     # -- whole bodies (mkwfs prefetch) ----------------------------------------------------
 
+    async def complete_bodies(self) -> frozenset[int]:
+        """The ids of the bodies complete in the cache (on disk, or written soon)."""
+        await self._disk.ready()
+        return frozenset(self._disk.complete)
+
     async def fetch_whole(self, download_id: int) -> int:
         """Make the body complete in the cache (no-op when it is); return its size.
 
-        A body of unknown size is fetched with one open-ended GET that tells the size (no
+        A small body of known size comes whole (`_small`), as a read of it would. A body of
+        unknown size is fetched with one open-ended GET that tells the size (no
         probe first); a partial body joins a running fetch or starts one, as a read of all
         of it would. Returns once every byte arrived (on disk, or on its way there in the
         recent bytes); ``MkwfsError`` when the bytes cannot be had, as reads raise it."""
         self._disk.eviction.touch(download_id)
+        size = self.known_size(download_id)
+        if size is not None and await self._small(download_id, size) is not None:
+            return size  # whole, on the lean path; on disk once its batch is written
         try:
             async with self._disk.using(download_id) as body:
                 if body is not None:

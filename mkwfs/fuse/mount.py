@@ -127,8 +127,7 @@ class _Mount:
                     await self.refresh([ROOT_INODE, BUILDS_INODE])
                 return {"refreshed": True}
             case "prefetch":
-                cache_dir = self.config.cache_dir
-                return await answer_prefetch(self.tree, self.content, cache_dir, request, send)
+                return await answer_prefetch(self.tree, self.content, request, send)
             case other:
                 return {"error": f"unknown command {other!r}"}
 

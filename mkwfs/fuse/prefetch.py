@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import trio
 
-from mkwfs.content.prefetch import PrefetchProgress, complete_on_disk, fetch_bodies
+from mkwfs.content.prefetch import PrefetchProgress, fetch_bodies
 from mkwfs.content.store import ContentStore
 from mkwfs.fuse.control import SendProgress
 from mkwfs.remote.errors import MkwfsError
@@ -50,7 +49,7 @@ def _parse(request: dict[str, Any]) -> tuple[list[bytes], int]:
 
 
 async def answer_prefetch(
-    tree: Tree, content: ContentStore, cache_dir: Path, request: dict[str, Any], send: SendProgress
+    tree: Tree, content: ContentStore, request: dict[str, Any], send: SendProgress
 ) -> dict[str, Any]:
     """Answer a ``prefetch`` request (see the module docstring)."""
     paths, jobs = _parse(request)
@@ -83,12 +82,17 @@ async def answer_prefetch(
 
     async with trio.open_nursery() as nursery:
         await nursery.start(report)
-        complete = await complete_on_disk(cache_dir)  # before: resolving may fetch (a ZIP index)
+        complete = await content.complete_bodies()  # before: resolving may fetch (a ZIP index)
         resolution = await resolve_downloads(tree, paths)
         progress.failures += resolution.failures
         state["resolving"] = False
         await fetch_bodies(
-            content, resolution.wanted, at_once=jobs, complete=complete, progress=progress
+            content,
+            resolution.wanted,
+            at_once=jobs,
+            complete=complete,
+            progress=progress,
+            probe_sizes=tree.size_probes == "ahead",
         )
         nursery.cancel_scope.cancel()
     if state.get("client_gone"):

@@ -19,15 +19,23 @@ Neither a token nor a password ever appears in a message, a log line or a ``repr
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import httpx
 
 from mkwfs.remote.auth import Credentials
 from mkwfs.remote.errors import ConfigError, Offline, ProtocolError
-from mkwfs.remote.failures import map_httpx_error, protocol_error, public_url, read_body, where
+from mkwfs.remote.failures import (
+    map_httpx_error,
+    protocol_error,
+    public_url,
+    raise_for_status,
+    read_body,
+    where,
+)
 from mkwfs.remote.headers import MAX_BODY_SIZE, content_info, content_range
 from mkwfs.remote.models import Build, ContentInfo, Download, parse_build, parse_download
 from mkwfs.remote.payloads import (
@@ -43,6 +51,7 @@ from mkwfs.remote.payloads import (
 from mkwfs.remote.probes import NO_HEAD_STATUSES, HeadBatches, SizeProbes
 from mkwfs.remote.retry import RETRYABLE_STATUSES, RetryPolicy, is_transient, retrying
 from mkwfs.remote.session import ApiSession, ApiStats
+from mkwfs.remote.transport import BodyTooLong, Whole
 from mkwfs.remote.validators import Answer, Validator
 
 __all__ = [
@@ -60,6 +69,7 @@ __all__ = [
     "HeadBatches",
     "RetryPolicy",
     "Validator",
+    "WholeBodies",
     "is_transient",
 ]
 
@@ -67,6 +77,20 @@ T = TypeVar("T")
 
 _DEFAULT_RETRY = RetryPolicy()
 _NO_RETRY = RetryPolicy(attempts=1)
+
+
+@runtime_checkable
+class WholeBodies(Protocol):
+    """A transport's ``GET`` of a small body into one buffer (`CurlTransport.get_whole`)."""
+
+    async def get_whole(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        per_request: httpx.Timeout,
+        max_size: int,
+    ) -> Whole: ...
 
 
 class DownloadStream:
@@ -130,6 +154,7 @@ class ApiClient:
 
     ``heads``, the batch path of the client's transport (`CurlTransport.heads`), makes
     `probe_downloads` cheap; without it that method leaves every probe to `probe_download`.
+    When it also takes small bodies whole (`WholeBodies`), so does `download_whole`.
 
     ``page_limit`` is the ``$limit`` lists ask for (the server may send smaller pages).
 
@@ -156,6 +181,7 @@ class ApiClient:
             raise ConfigError("the API needs a token, or an email and a password")
         self._session = ApiSession(http, str(url).rstrip("/"), credentials)
         self._probes = SizeProbes(self._session, retry, heads)
+        self._wholes: WholeBodies | None = heads if isinstance(heads, WholeBodies) else None
         self._credentials = credentials
         self._retry = retry
         self._page_limit = page_limit
@@ -382,6 +408,78 @@ class ApiClient:
             yield DownloadStream(
                 response, where=where(response.request), offset=offset, info=info, length=length
             )
+
+    async def download_whole(self, download_id: int, *, max_size: int) -> bytes:
+        """The whole body of a download known to be small, in one buffer: one ``GET`` on the
+        transport's lean path (`WholeBodies`), without a stream; through `open_download`
+        when the transport has none. Errors as `open_download`'s (a 401 logs in again
+        once, when it can); a body over ``max_size`` bytes, or shorter than its
+        ``Content-Length``, is a ``ProtocolError``; nothing is retried."""
+        path = f"/api/v1/downloads/{download_id}"
+        if self._wholes is None:
+            return await self._download_streamed(download_id, max_size)
+        self._check_online()
+        session = self._session
+        can_login = session.auth.credentials.can_login
+        token = await session.auth.current()
+        whole = await self._get_whole(path, token, max_size)
+        if whole.status == 401 and can_login:
+            token = await session.auth.current(stale=token)
+            whole = await self._get_whole(path, token, max_size)
+        if whole.error is not None or whole.status != 200:
+            request = session.http.build_request("GET", session.url(path))
+            if isinstance(whole.error, BodyTooLong):
+                raise protocol_error(request, whole.error) from whole.error
+            if whole.error is not None:
+                raise map_httpx_error(whole.error, request) from whole.error
+            response = httpx.Response(
+                whole.status, headers=whole.headers, content=whole.body, request=request
+            )
+            await raise_for_status(response, can_login=can_login)
+            raise protocol_error(request, f"answered {whole.status} to a plain GET")
+        encoding = whole.headers.get("content-encoding", "identity").lower()
+        if encoding == "identity":
+            return whole.body
+        # Asked not to, the server applied an encoding anyway: httpx decodes it.
+        request = session.http.build_request("GET", session.url(path))
+        response = httpx.Response(
+            200, headers=whole.headers, stream=httpx.ByteStream(whole.body), request=request
+        )
+        try:
+            return await response.aread()
+        except httpx.HTTPError as exc:
+            raise map_httpx_error(exc, request) from exc
+
+    async def _get_whole(self, path: str, token: str, max_size: int) -> Whole:
+        """One counted, logged `WholeBodies.get_whole` of ``path``."""
+        assert self._wholes is not None
+        session = self._session
+        headers = {
+            **session.http.headers,
+            "Accept-Encoding": "identity",
+            "Authorization": f"Bearer {token}",
+        }
+        started = time.perf_counter()
+        whole = await self._wholes.get_whole(
+            session.url(path), headers, per_request=session.http.timeout, max_size=max_size
+        )
+        session.count_whole(f"GET {path}", whole, started)
+        return whole
+
+    async def _download_streamed(self, download_id: int, max_size: int) -> bytes:
+        """`download_whole` through `open_download`."""
+        parts: list[bytes] = []
+        received = 0
+        async with self.open_download(download_id) as stream:
+            async for chunk in stream.iter_chunks():
+                received += len(chunk)
+                if received > max_size:
+                    raise ProtocolError(
+                        f"GET /api/v1/downloads/{download_id}: the body is over {max_size} bytes",
+                        url=self._session.url(f"/api/v1/downloads/{download_id}"),
+                    )
+                parts.append(chunk)
+        return b"".join(parts)
 
 
 # -- helpers without state --------------------------------------------------------------------

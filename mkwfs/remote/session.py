@@ -22,7 +22,7 @@ import httpx
 from mkwfs.remote.auth import Authenticator, Credentials
 from mkwfs.remote.errors import ApiError
 from mkwfs.remote.failures import map_httpx_error, raise_for_status, where
-from mkwfs.remote.transport import Head
+from mkwfs.remote.transport import Head, Whole
 
 __all__ = ["ApiSession", "ApiStats"]
 
@@ -133,6 +133,21 @@ class ApiSession:
         _log_exchange(what, head.status, 0, started)
         if head.status >= 400:
             self.stats.failed(f"HTTP {head.status}", f"{what}: {head.status}")
+        else:
+            self.stats.last_success = time.time()
+
+    def count_whole(self, what: str, whole: Whole, started: float) -> None:
+        """Count and log one `CurlTransport.get_whole` of a download (``what`` names it);
+        its error status is counted as a failure by whoever raises it."""
+        self.requests["GET /api/v1/downloads/:id"] += 1
+        if whole.error is not None:
+            _log_exchange(what, type(whole.error).__name__, len(whole.body), started)
+            self.stats.failed(type(whole.error).__name__, f"{what}: {whole.error}")
+            return
+        _log_exchange(what, whole.status, len(whole.body), started)
+        self.stats.bytes_received += len(whole.body)
+        if whole.status >= 400:
+            self.stats.failed(f"HTTP {whole.status}", f"{what}: {whole.status}")
         else:
             self.stats.last_success = time.time()
 

@@ -11,8 +11,9 @@ the policy (the client, headers, redirects, errors); this module is I/O only. Wo
 were tried first: each 16 KiB callback then waits for the GIL, and the transfers ran at half
 the speed.
 
-``heads`` is the one way around httpx: a batch of ``HEAD`` requests (a directory's size
-probes) with no httpx request or response and no task per request, about a third of the
+``heads`` and ``get_whole`` are the two ways around httpx: a batch of ``HEAD`` requests (a
+directory's size probes), and the ``GET`` of a small body into one buffer, with no httpx
+request or response, no task per request and no streaming machinery: about a third of the
 cost of each through the client.
 
 libcurl keeps the connections (``max_connections`` at most, reused across requests) and
@@ -45,7 +46,7 @@ import httpx
 import pycurl
 import trio
 
-__all__ = ["CurlTransport", "Head"]
+__all__ = ["BodyTooLong", "CurlTransport", "Head", "Whole"]
 
 log = logging.getLogger("mkwfs.remote.transport")
 
@@ -58,6 +59,10 @@ QUEUE_LIMIT: Final = 4 << 20
 #: taking 15 ms instead of 4); a reader that is behind gets big pieces, fewer trips.
 FIRST_LIMIT: Final = 64 << 10
 HUNGRY_LIMIT: Final = 256 << 10
+#: Handles kept set up for `CurlTransport.get_whole`, per setup (headers and timeouts:
+#: about one per token), and how many setups at most.
+WHOLE_SPARE: Final = 32
+WHOLE_SETUPS: Final = 4
 #: Bytes libcurl receives from a socket at once (it passes them on 16 KiB at a time).
 RECEIVE_BUFFER: Final = 512 << 10
 
@@ -107,7 +112,9 @@ class CurlTransport(httpx.AsyncBaseTransport):
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         self._idle: list[pycurl.Curl] = []
-        self._exchanges: dict[pycurl.Curl, _Exchange | _Probe] = {}
+        #: Handles of finished `get_whole` requests, still set up, by their setup.
+        self._whole_spare: dict[tuple[str | float | None, ...], list[pycurl.Curl]] = {}
+        self._exchanges: dict[pycurl.Curl, _Exchange | _Probe | _WholeGet] = {}
         #: libcurl's sockets, watched in an epoll set of their own that trio watches: libcurl
         #: changes its interest twice per request, which this follows with one system call.
         self._epoll = select.epoll()
@@ -142,9 +149,10 @@ class CurlTransport(httpx.AsyncBaseTransport):
         if nursery is not None and manager is not None:
             nursery.cancel_scope.cancel()
             await manager.__aexit__(None, None, None)
-        for handle in self._idle:
+        for handle in [*self._idle, *(h for spare in self._whole_spare.values() for h in spare)]:
             handle.close()
         self._idle.clear()
+        self._whole_spare.clear()
         self._multi.close()
         self._epoll.close()
 
@@ -236,6 +244,47 @@ class CurlTransport(httpx.AsyncBaseTransport):
             for handle in spare:
                 handle.reset()
             self._idle += spare
+
+    async def get_whole(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        per_request: httpx.Timeout,
+        max_size: int,
+    ) -> Whole:
+        """``GET`` ``url`` with ``headers`` and return its whole answer, the body in one
+        buffer: for a body known to be small (a few KB of a build's result ZIP), without
+        the cost of a stream. A body longer than ``max_size`` is aborted (``BodyTooLong``
+        as the error). Failures come back as ``Whole.error``, never raised; the request is
+        bounded by ``per_request``'s connect and read times together. Cancelling the call
+        aborts the transfer."""
+        if self._nursery is None:
+            raise RuntimeError("CurlTransport is used outside its async with block")
+        connect, read = per_request.connect, per_request.read
+        setup = (*(f"{name}: {value}" for name, value in headers.items()), connect, read)
+        spare = self._whole_spare.get(setup)
+        if spare:  # set up by an earlier request with the same headers and times
+            handle = spare.pop()
+            handle.setopt(pycurl.URL, url)
+        else:
+            handle = self._idle.pop() if self._idle else pycurl.Curl()
+            _prepare(handle, url, [f"{name}: {value}" for name, value in headers.items()], connect)
+            handle.setopt(pycurl.HTTPGET, 1)
+            if read is not None:
+                handle.setopt(pycurl.TIMEOUT_MS, _milliseconds((connect or 0) + read))
+        get = _WholeGet(url, handle, max_size, setup)
+        handle.setopt(pycurl.HEADERFUNCTION, get.lines.append)
+        handle.setopt(pycurl.WRITEFUNCTION, get.on_body)
+        self._exchanges[handle] = get
+        self._start([handle])
+        try:
+            await get.done.wait()
+        except BaseException:
+            self._drop(get)
+            raise
+        assert get.answer is not None
+        return get.answer
 
     def _start(self, handles: list[pycurl.Curl]) -> None:
         """Give libcurl these transfers and let it start them now: added transfers are due
@@ -332,19 +381,26 @@ class CurlTransport(httpx.AsyncBaseTransport):
             exchange.finish(code, message)
             self._release(exchange)
 
-    def _drop(self, exchange: _Exchange | _Probe) -> None:
+    def _drop(self, exchange: _Exchange | _Probe | _WholeGet) -> None:
         """Abort a transfer whose reader went away (nothing if it has finished)."""
         if self._exchanges.get(exchange.handle) is exchange:  # the handle may serve another
             exchange.abandon()
             self._release(exchange)
 
-    def _release(self, exchange: _Exchange | _Probe) -> None:
+    def _release(self, exchange: _Exchange | _Probe | _WholeGet) -> None:
         handle = exchange.handle
         del self._exchanges[handle]
         self._multi.remove_handle(handle)
         if isinstance(exchange, _Probe) and not exchange.abandoned:
             exchange.spare.append(handle)  # set up for the batch's next request
             return
+        if isinstance(exchange, _WholeGet) and not exchange.abandoned:
+            spare = self._whole_spare.get(exchange.setup)
+            if spare is None and len(self._whole_spare) < WHOLE_SETUPS:
+                spare = self._whole_spare[exchange.setup] = []
+            if spare is not None and len(spare) < WHOLE_SPARE:
+                spare.append(handle)  # set up for the next get_whole with that setup
+                return
         handle.reset()  # drops the callbacks, and with them the exchange
         self._idle.append(handle)
 
@@ -397,17 +453,71 @@ class _Probe:
             error = _mapped(self.handle, request, code, message or f"libcurl error {code}")
             self._answered(self, Head(0, {}, error))
             return
-        status, headers = 0, dict[str, str]()
-        for line in self.lines:
-            if line.startswith(b"HTTP/"):  # a 1xx's or a proxy's head came first: start again
-                status, headers = _status(line.rstrip()), {}
-            elif b":" in line:
-                name, _, value = line.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
-        self._answered(self, Head(status, headers))
+        self._answered(self, Head(*_head(self.lines)))
 
     def abandon(self) -> None:
         """The batch was closed: nobody waits for this answer."""
+        self.abandoned = True
+
+
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """The answer to one `CurlTransport.get_whole`."""
+
+    #: The HTTP status; 0 when there was no answer (see ``error``).
+    status: int
+    #: The header fields, by lower-case name (the last of a repeated one).
+    headers: Mapping[str, str]
+    #: The body as received (not decoded).
+    body: bytes
+    #: Why there was no (whole) answer, else None.
+    error: httpx.TransportError | None = None
+
+
+class BodyTooLong(httpx.TransportError):
+    """A body that `CurlTransport.get_whole` was to take whole ran past its ``max_size``."""
+
+
+class _WholeGet:
+    """One ``GET`` of `CurlTransport.get_whole`: its head lines and body pieces gathered as
+    libcurl passes them, the answer made once it ends."""
+
+    def __init__(
+        self, url: str, handle: pycurl.Curl, max_size: int, setup: tuple[str | float | None, ...]
+    ) -> None:
+        self.url = url
+        self.handle = handle
+        #: What the handle is set up with (headers, timeouts): its key among spare handles.
+        self.setup = setup
+        self.abandoned = False
+        self.lines: list[bytes] = []
+        self.answer: Whole | None = None
+        self.done = trio.Event()
+        self._pieces: list[bytes] = []
+        self._received = 0
+        self._max_size = max_size
+
+    def on_body(self, data: bytes) -> int | None:
+        self._received += len(data)
+        if self._received > self._max_size:
+            return 0  # libcurl aborts the transfer
+        self._pieces.append(data)
+        return None
+
+    def finish(self, code: int, message: str) -> None:
+        body = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+        status, headers = _head(self.lines)
+        error: httpx.TransportError | None = None
+        if self._received > self._max_size:
+            error = BodyTooLong(f"the body is over {self._max_size} bytes")
+        elif code != pycurl.E_OK:
+            request = httpx.Request("GET", self.url)
+            error = _mapped(self.handle, request, code, message or f"libcurl error {code}")
+        self.answer = Whole(status if error is None else 0, headers, body, error)
+        self.done.set()
+
+    def abandon(self) -> None:
+        """Nobody waits for this answer any more: the handle is reset, not kept set up."""
         self.abandoned = True
 
 
@@ -608,6 +718,18 @@ def _trust(handle: pycurl.Curl) -> None:
         handle.setopt(pycurl.CAPATH, capath)
     else:
         handle.setopt(pycurl.CAINFO, certifi.where())
+
+
+def _head(lines: list[bytes]) -> tuple[int, dict[str, str]]:
+    """The status and the fields (by lower-case name) of the last head in ``lines``."""
+    status, headers = 0, dict[str, str]()
+    for line in lines:
+        if line.startswith(b"HTTP/"):  # a 1xx's or a proxy's head came first: start again
+            status, headers = _status(line.rstrip()), {}
+        elif b":" in line:
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+    return status, headers
 
 
 def _status(status_line: bytes) -> int:

@@ -173,6 +173,11 @@ class Tree:
         self._lookups: Counter[int] = Counter()
 
     @property
+    def size_probes(self) -> SizeProbes:
+        """When sizes are probed with a HEAD (``--size-probes``)."""
+        return self._ctx.size_probes
+
+    @property
     def staleness(self) -> Staleness:
         """Whether listings are served stale because the server fails (``mkwfs status``)."""
         return self.catalog.staleness

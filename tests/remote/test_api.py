@@ -17,6 +17,7 @@ import trio.testing
 
 from mkwfs.emulator import DEMO_BUILD, FORBIDDEN_BUILD, LARGE_BUILD, Emulator, serve_in_thread
 from mkwfs.remote.api import PAGE_LIMIT, ApiClient, Credentials, RetryPolicy
+from mkwfs.remote.client import open_http_client
 from mkwfs.remote.errors import (
     ConfigError,
     NotFound,
@@ -28,6 +29,7 @@ from mkwfs.remote.errors import (
 from tests.remote.support import (
     BASE,
     EMAIL,
+    GET,
     LIMIT,
     NO_RETRY,
     Handler,
@@ -342,3 +344,50 @@ async def test_an_invalid_range_is_a_caller_error(start: int, end: int | None) -
         with pytest.raises(ValueError, match="range"):
             await read_all(api, 1, start, end)
     assert not api.requests
+
+
+# -- small bodies whole -----------------------------------------------------------------------
+
+
+async def test_a_small_body_downloads_whole_on_the_lean_path(emulator: Emulator) -> None:
+    [download_id] = [d["id"] for d in emulator.downloads_of(LARGE_BUILD)[:1]]
+    whole = emulator.body_path(download_id).read_bytes()
+    with serve_in_thread(emulator) as url, trio.fail_after(30):
+        async with open_http_client() as http:
+            api = ApiClient(http, url, Credentials(token=emulator.issue_token()), NO_RETRY,
+                            heads=http.curl)  # fmt: skip
+            assert await api.download_whole(download_id, max_size=len(whole)) == whole
+            with pytest.raises(ProtocolError, match="over"):
+                await api.download_whole(download_id, max_size=len(whole) - 1)
+            with pytest.raises(NotFound):
+                await api.download_whole(999_999, max_size=1000)
+            emulator.fail_next(GET, 503)
+            with pytest.raises(ServerError):
+                await api.download_whole(download_id, max_size=len(whole))
+    assert emulator.requests[GET] == 4
+    assert api.requests == emulator.requests
+    assert api.stats.bytes_received >= len(whole)
+
+
+async def test_a_whole_download_logs_in_again_after_expiry(emulator: Emulator) -> None:
+    [download_id] = [d["id"] for d in emulator.downloads_of(LARGE_BUILD)[:1]]
+    whole = emulator.body_path(download_id).read_bytes()
+    credentials = replace(login_credentials(), token=emulator.issue_token(lifetime=-1))
+    with serve_in_thread(emulator) as url, trio.fail_after(30):
+        async with open_http_client() as http:
+            api = ApiClient(http, url, credentials, NO_RETRY, heads=http.curl)
+            assert await api.download_whole(download_id, max_size=len(whole)) == whole
+    assert emulator.requests["POST /authentication"] == 1
+    assert emulator.requests[GET] == 2
+
+
+async def test_without_a_lean_path_a_whole_download_streams(
+    emulator: Emulator, demo_file: tuple[int, bytes]
+) -> None:
+    download_id, whole = demo_file
+    credentials = Credentials(token=emulator.issue_token())
+    async with open_api(emulator.mock_transport(), credentials) as api:
+        assert await api.download_whole(download_id, max_size=len(whole)) == whole
+        with pytest.raises(ProtocolError, match="over"):
+            await api.download_whole(download_id, max_size=len(whole) - 1)
+    assert emulator.requests[GET] == 2

@@ -321,3 +321,86 @@ async def test_closing_a_batch_early_aborts_what_runs(emulator: Emulator, base_u
         assert answer.status_code == 200
     # Only the first few were ever sent, not the hundred.
     assert emulator.requests["HEAD /api/v1/downloads/:id"] <= 2 * 4 + 1
+
+
+# -- small bodies whole -------------------------------------------------------------------------
+
+
+async def test_a_small_body_comes_whole_in_one_get(emulator: Emulator, base_url: str) -> None:
+    ids = large_ids(emulator, 20)
+    headers = {"Authorization": f"Bearer {emulator.issue_token()}"}
+    answers: dict[int, transport.Whole] = {}
+    async with open_http_client() as http:
+
+        async def get(download_id: int) -> None:
+            answers[download_id] = await http.curl.get_whole(
+                f"{base_url}/api/v1/downloads/{download_id}",
+                headers,
+                per_request=httpx.Timeout(10.0),
+                max_size=1 << 20,
+            )
+
+        for _ in range(2):
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    for download_id in ids:
+                        nursery.start_soon(get, download_id)
+            assert not http.curl._exchanges  # every handle went back
+            # ... kept set up for the next ones, which took them again.
+            assert [len(s) for s in http.curl._whole_spare.values()] == [len(ids)]
+    for download_id in ids:
+        answer = answers[download_id]
+        assert (answer.status, answer.error) == (200, None)
+        assert digest(answer.body) == emulator.body_sha256(download_id)
+        assert int(answer.headers["content-length"]) == len(answer.body)
+    assert emulator.requests[DOWNLOAD] == 2 * len(ids)
+
+
+async def test_a_whole_body_over_its_bound_is_aborted(emulator: Emulator, base_url: str) -> None:
+    [download_id] = large_ids(emulator, 1)
+    size = emulator.body_path(download_id).stat().st_size
+    headers = {"Authorization": f"Bearer {emulator.issue_token()}"}
+    async with open_http_client() as http:
+        with trio.fail_after(30):
+            answer = await http.curl.get_whole(
+                f"{base_url}/api/v1/downloads/{download_id}",
+                headers,
+                per_request=httpx.Timeout(10.0),
+                max_size=size - 1,
+            )
+            assert isinstance(answer.error, transport.BodyTooLong)
+            assert answer.status == 0
+            again = await http.get(f"{base_url}/api/v1/downloads/{download_id}", headers=headers)
+    assert again.status_code == 200  # the transport goes on
+
+
+async def test_a_cut_whole_body_carries_the_error(emulator: Emulator, base_url: str) -> None:
+    [download_id] = large_ids(emulator, 1)
+    configure(emulator, drop_after=1000)
+    headers = {"Authorization": f"Bearer {emulator.issue_token()}"}
+    async with open_http_client() as http:
+        with trio.fail_after(30):
+            answer = await http.curl.get_whole(
+                f"{base_url}/api/v1/downloads/{download_id}",
+                headers,
+                per_request=httpx.Timeout(10.0),
+                max_size=1 << 20,
+            )
+    assert answer.status == 0
+    assert isinstance(answer.error, httpx.RemoteProtocolError | httpx.ReadError)
+
+
+async def test_a_cancelled_whole_get_is_aborted(emulator: Emulator, base_url: str) -> None:
+    [download_id] = large_ids(emulator, 1)
+    configure(emulator, latency=5.0)
+    headers = {"Authorization": f"Bearer {emulator.issue_token()}"}
+    async with open_http_client() as http:
+        with trio.move_on_after(0.2) as waited:
+            await http.curl.get_whole(
+                f"{base_url}/api/v1/downloads/{download_id}",
+                headers,
+                per_request=httpx.Timeout(10.0),
+                max_size=1 << 20,
+            )
+        assert waited.cancelled_caught
+        assert not http.curl._exchanges

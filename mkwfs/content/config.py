@@ -36,16 +36,19 @@ class ContentConfig:
     head_window: int = 64 * 1024
 
     # -- fetching (see fetcher.py) ----------------------------------------------------------
-    #: How far an open-ended fetch may run ahead of the furthest byte asked for.
-    readahead: int = 16 * MiB
+    #: How far an open-ended fetch may run ahead of the furthest byte asked for. Each body
+    #: in flight holds about this (and ``recent_limit``) in memory: fresh pages, which cost
+    #: more than the copies into them, and several cold readers at once multiply it.
+    readahead: int = 4 * MiB
     #: Bytes that last arrived, kept in memory per body: more than ``readahead``, so that a
     #: reader behind an open-ended fetch is served from memory, the disk writes beside it.
-    recent_limit: int = 24 * MiB
+    recent_limit: int = 8 * MiB
     #: A fetch runs on through fewer bytes on disk than this (writing them again) rather than
     #: end at them: what follows would cost a GET of its own, one more download for the
     #: server to count, and more as the reader's windows grow.
     run_through: int = 16 * MiB
-    #: Chunks (of up to a few MiB) queued between the network and the disk writer.
+    #: Chunks (of up to the transport's QUEUE_LIMIT) queued between the network and the disk
+    #: writer.
     queued_chunks: int = 8
     #: An open-ended fetch that waited this long for readers closes its connection.
     idle_close: float = 10.0

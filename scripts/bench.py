@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import ctypes
 import email.utils
+import functools
 import hashlib
 import html
 import io
@@ -82,6 +83,9 @@ FIRST_READ = 64 * 1024
 #: The emulator's big ZIP in --quick runs (the full run uses the emulator's default).
 QUICK_BIG_FILE_SIZE = 16 * MiB
 PARALLEL_READERS = 8
+#: Cold readers of different big files at once (--big-only), and the size of each file.
+BIG_READERS = 4
+BIG_READER_SIZE = 32 * MiB
 SAME_FILE_READERS = 10
 #: Size probes mkwfs sends at once (content._CONCURRENT_PROBES): curl's floor uses as many.
 PROBES_AT_ONCE = 16
@@ -476,7 +480,8 @@ class LogCounter:
 
 def _child_emulator(big_file_size: int) -> int:
     """Serve the emulator on 127.0.0.1; print {"url", "token"}; then answer JSON lines on
-    stdin: {"op": "counts"} and {"op": "paths", "ids": [...]}; stop at EOF or SIGTERM."""
+    stdin: {"op": "counts"}, {"op": "paths", "ids": [...]} and {"op": "add", "build": N,
+    "names": [...], "size": BYTES} (new downloads, their ids); stop at EOF or SIGTERM."""
     from mkwfs.emulator import Emulator, EmulatorConfig, serve_in_thread
 
     emulator = Emulator(EmulatorConfig(big_file_size=big_file_size))
@@ -489,6 +494,12 @@ def _child_emulator(big_file_size: int) -> int:
             elif request["op"] == "paths":
                 paths = {str(i): os.fspath(emulator.body_path(int(i))) for i in request["ids"]}
                 _answer({"paths": paths})
+            elif request["op"] == "add":
+                ids = [
+                    emulator.add_download(int(request["build"]), name, int(request["size"]))
+                    for name in request["names"]
+                ]
+                _answer({"ids": ids})
     return 0
 
 
@@ -1500,14 +1511,42 @@ def _credentials(args: argparse.Namespace) -> str:
     return token
 
 
-def _peer_tree(session: Session, server: Server) -> Path:
+def _peer_tree(session: Session, server: Server, extra: Sequence[File] = ()) -> Path:
     """builds/<id>/<name> symlinks to the emulator's bodies, for the directory server."""
     root = session.new_dir("peer-root")
-    for file in {server.big, server.medium, *server.large_files}:
+    for file in {server.big, server.medium, *server.large_files, *extra}:
         link = root / file.rel
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(server.body_paths[file.download_id])
     return root
+
+
+class _NginxCounter:
+    """bench_smallfiles.py's nginx access-log counter, as a `RequestCounter`."""
+
+    source = "nginx access log"
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+
+    def snapshot(self) -> Counts:
+        counts: Counts = self._log.snapshot()
+        return counts
+
+
+def start_peer_server(
+    kind: str, session: Session, server: Server, extra: Sequence[File] = ()
+) -> tuple[str, RequestCounter]:
+    """The static server rclone reads from: this script's directory server (``dirapp``, on
+    the emulator's LoopServer) or nginx (bench_smallfiles.py's, one worker, sendfile)."""
+    tree = _peer_tree(session, server, extra)
+    if kind == "nginx":
+        import bench_smallfiles  # imported here: it imports this module
+
+        url, log = bench_smallfiles.start_nginx(session, tree)
+        return url, _NginxCounter(log)
+    rpc, hello = _start_child(session, ["_dirserver", os.fspath(tree)], 60)
+    return hello["url"], RpcCounter(rpc, "directory server counters")
 
 
 def _warm_server_files(server: Server) -> None:
@@ -1558,12 +1597,9 @@ def run(args: argparse.Namespace, session: Session) -> str:
             for row in rows(""):
                 record(results, column, row.key, na(f"peer: {peer_reason}"))
     else:
-        rpc, hello = _start_child(
-            session, ["_dirserver", os.fspath(_peer_tree(session, server))], 60
-        )
-        dir_counter = RpcCounter(rpc, "directory server counters")
+        peer_url, peer_counter = start_peer_server(args.peer_server, session, server)
         for mode in args.rclone_modes:
-            target = rclone_target(session, hello["url"], dir_counter, mode)
+            target = rclone_target(session, peer_url, peer_counter, mode)
             targets.append(target)
             _log(f"peer: rclone mount, --vfs-cache-mode {mode}")
             measure_fs(session, server, target, results)
@@ -1596,6 +1632,180 @@ def run(args: argparse.Namespace, session: Session) -> str:
         ]
     )
     return report(results, rows(big_label), targets, header)
+
+
+# --- the big-file figures, --runs times side by side (--big-only) ---------------------------
+
+
+class BigRuns:
+    """The --big-only figures: one value per run for each, with the load at the time."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+        self.loads: dict[str, list[str]] = {}
+
+    def add(self, name: str, value: float) -> None:
+        load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+        self.values.setdefault(name, []).append(value)
+        self.loads.setdefault(name, []).append(load)
+        _log(f"{name}: {value:.2f} (load {load})")
+
+    def median(self, name: str) -> float | None:
+        values = self.values.get(name)
+        return statistics.median(values) if values else None
+
+
+def _usage(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system, all threads) and minor page faults of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
+
+
+def _add_reader_files(rpc: _Rpc, server: Server, build_id: int) -> list[File]:
+    """BIG_READERS new downloads of BIG_READER_SIZE in ``build_id`` (the emulator has only
+    two such files), as listed by the API."""
+    names = [f"reader-{i + 1}.zip" for i in range(BIG_READERS)]
+    request = {"op": "add", "build": build_id, "names": names, "size": BIG_READER_SIZE}
+    ids = set(rpc.call(request)["ids"])
+    with httpx.Client(headers=server.auth_headers, timeout=60.0) as client:
+        return [f for f in _list_downloads(client, server.url, build_id) if f.download_id in ids]
+
+
+def _curl_aggregate(session: Session, header_file: Path, urls: Sequence[str]) -> float:
+    """Download ``urls`` at once with one curl; aggregate MiB/s."""
+    started = time.perf_counter()
+    results = _curl(session, header_file, urls)
+    elapsed = time.perf_counter() - started
+    return sum(size for _, _, size in results) / MiB / elapsed
+
+
+def _verify(paths: Sequence[Path], expected: Mapping[Path, str]) -> None:
+    """Read ``paths`` again (warm) and compare with the server's bodies."""
+    for path in paths:
+        if read_file(path, digest=True).digest != expected[path]:
+            raise BenchError(f"{path.name}: bytes differ from the server's")
+
+
+def run_big(args: argparse.Namespace, session: Session) -> str:
+    """Cold sequential reads of the big file and BIG_READERS cold readers of different files,
+    for curl, rclone and mkwfs, ``args.runs`` times in turn; medians and ratios."""
+    load_before = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    big_size = QUICK_BIG_FILE_SIZE if args.quick else args.big_file_size
+    rpc, hello = _start_child(session, ["_emulator", "--big-file-size", str(big_size)], 600)
+    server = describe_server(
+        hello["url"], hello["token"], RpcCounter(rpc, "emulator counters"), args
+    )
+    readers = _add_reader_files(rpc, server, args.big_build)
+    files = [server.big, server.medium, *server.large_files, *readers]
+    paths = rpc.call({"op": "paths", "ids": [f.download_id for f in files]}, timeout=900)
+    server.body_paths = {int(i): Path(p) for i, p in paths["paths"].items()}
+    _warm_server_files(server)
+    digests: dict[int, str] = {}
+    for file in (server.big, *readers):
+        with server.body_paths[file.download_id].open("rb") as body:
+            digests[file.download_id] = hashlib.file_digest(body, "sha256").hexdigest()
+    header_file = session.root / "curl-headers"
+    fd = os.open(header_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as headers:
+        headers.write(f"Authorization: Bearer {server.token}\n")
+    peers: list[Target] = []
+    peer_url = None
+    if not args.no_peer and shutil.which("rclone"):
+        peer_url, peer_counter = start_peer_server(args.peer_server, session, server, readers)
+        peers = [rclone_target(session, peer_url, peer_counter, m) for m in args.rclone_modes]
+    mkwfs = mkwfs_target(session, server, debug_log=False)
+    cold = f"cold {big_size // MiB} MiB"
+    par = f"{BIG_READERS} x {BIG_READER_SIZE // MiB} MiB"
+    figures = BigRuns()
+    for index in range(args.runs):
+        _log(f"run {index + 1} of {args.runs}")
+        reader_urls = [server.download_url(f) for f in readers]
+        ((_, total, size),) = _curl(session, header_file, [server.download_url(server.big)])
+        figures.add(f"{cold}, curl (emulator)", size / MiB / total)
+        figures.add(f"{par}, curl (emulator)", _curl_aggregate(session, header_file, reader_urls))
+        if peer_url is not None and args.peer_server == "nginx":
+            url = f"{peer_url}/{urllib.parse.quote(server.big.rel)}"
+            ((_, total, size),) = _curl(session, header_file, [url])
+            figures.add(f"{cold}, curl (nginx)", size / MiB / total)
+            urls = [f"{peer_url}/{urllib.parse.quote(f.rel)}" for f in readers]
+            figures.add(f"{par}, curl (nginx)", _curl_aggregate(session, header_file, urls))
+        for target in [*peers, mkwfs]:
+            verify = index == 0
+            with target.mount(session.new_dir(f"{target.column}-cache")) as mnt:
+                path = mnt.path / server.big.rel
+                before = _usage(mnt.process.pid)
+                read = session.bounded(
+                    f"{target.column}: cold", functools.partial(read_file, path), mnt.abort
+                )
+                after = _usage(mnt.process.pid)
+                figures.add(f"{cold}, {target.column}", read.mib_per_s)
+                figures.add(f"{cold}, {target.column} CPU s", after[0] - before[0])
+                figures.add(f"{cold}, {target.column} minor faults", after[1] - before[1])
+                if verify:
+                    _verify([path], {path: digests[server.big.download_id]})
+            with target.mount(session.new_dir(f"{target.column}-cache")) as mnt:
+                reader_paths = [mnt.path / f.rel for f in readers]
+                elapsed, reads = session.bounded(
+                    f"{target.column}: {par}",
+                    functools.partial(read_concurrently, reader_paths),
+                    mnt.abort,
+                )
+                figures.add(f"{par}, {target.column}", sum(r.size for r in reads) / MiB / elapsed)
+                if verify:
+                    _verify(
+                        reader_paths,
+                        {
+                            p: digests[f.download_id]
+                            for p, f in zip(reader_paths, readers, strict=True)
+                        },
+                    )
+    return _big_report(args, figures, cold, par, load_before)
+
+
+def _big_report(
+    args: argparse.Namespace, figures: BigRuns, cold: str, par: str, load_before: str
+) -> str:
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [
+        f"mkwfs big-file benchmark: {args.runs} runs, {os.cpu_count()} CPUs, load average "
+        f"{load_before} before, {load} after; rclone against {args.peer_server}, "
+        "mkwfs and curl (emulator) against the emulator",
+        "| figure | median | runs | load at each run | vs rclone off | vs curl (emulator) |"
+        + (" vs curl (nginx) |" if args.peer_server == "nginx" else ""),
+        "|---|---|---|---|---|---|" + ("---|" if args.peer_server == "nginx" else ""),
+    ]
+    for name, values in figures.values.items():
+        value = statistics.median(values)
+        group = cold if name.startswith(cold) else par
+        cells = []
+        bases = ["rclone off", "curl (emulator)"]
+        if args.peer_server == "nginx":
+            bases.append("curl (nginx)")
+        for base in bases:
+            reference = figures.median(f"{group}, {base}")
+            rate = not name.endswith(("CPU s", "faults"))
+            cells.append(f"{value / reference:.2f}x" if rate and reference else "")
+        lines.append(
+            f"| {name} | {value:.2f} | {', '.join(f'{v:.2f}' for v in values)} | "
+            f"{'; '.join(figures.loads[name])} | {' | '.join(cells)} |"
+        )
+
+    def ratio(name: str, base: str) -> float | None:
+        value, reference = figures.median(name), figures.median(base)
+        return None if value is None or not reference else value / reference
+
+    checks = [
+        (f"{cold}: mkwfs >= 1.3x rclone off", ratio(f"{cold}, mkwfs", f"{cold}, rclone off"), 1.3),
+        (f"{par}: mkwfs >= rclone off", ratio(f"{par}, mkwfs", f"{par}, rclone off"), 1.0),
+        (f"{cold}: aim mkwfs >= 0.5x curl (emulator)",
+         ratio(f"{cold}, mkwfs", f"{cold}, curl (emulator)"), 0.5),
+    ]  # fmt: skip
+    for text, found, limit in checks:
+        verdict = (
+            "n/a" if found is None else f"{found:.2f}x, {'pass' if found >= limit else 'MISS'}"
+        )
+        lines.append(f"{text}: {verdict}")
+    return "\n".join(lines)
 
 
 def _rclone_version() -> str:
@@ -1654,11 +1864,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rclone-modes",
-        default="off,full",
         type=lambda s: [m for m in s.split(",") if m],
-        help="rclone --vfs-cache-mode values to measure (default %(default)s)",
+        help="rclone --vfs-cache-mode values to measure (default off,full; off with --big-only)",
     )
     parser.add_argument("--no-peer", action="store_true", help="skip rclone")
+    parser.add_argument(
+        "--peer-server",
+        choices=("dirapp", "nginx"),
+        default="dirapp",
+        help="static server rclone reads from: this script's directory server on the "
+        "emulator's LoopServer (default), or nginx (also curl's second server with --big-only)",
+    )
+    parser.add_argument(
+        "--big-only",
+        action="store_true",
+        help="emulator only: only the big-file figures (cold sequential read, "
+        f"{BIG_READERS} cold readers of {BIG_READERS} different 32 MiB files), "
+        "--runs times each, side by side, medians",
+    )
+    parser.add_argument(
+        "--runs", type=int, default=3, help="runs of each figure with --big-only (default 3)"
+    )
     parser.add_argument(
         "--step-timeout",
         type=float,
@@ -1683,9 +1909,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Explicitly: a shell starts background jobs with SIGINT ignored, which Python inherits.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
+    if args.rclone_modes is None:
+        args.rclone_modes = ["off"] if args.big_only else ["off", "full"]
+    if args.big_only and args.api_url is not None:
+        _parser().error("--big-only measures the emulator: leave out --api-url")
     session = Session(args.step_timeout)
     try:
-        output = run(args, session)
+        output = run_big(args, session) if args.big_only else run(args, session)
     except KeyboardInterrupt:
         _log("interrupted: cleaning up")
         return 130

@@ -2,7 +2,8 @@
 
 A fetch puts what arrives in the body's recent bytes at once (readers get them there) and
 hands it to a disk writer that runs beside the network. An open-ended fetch runs at most
-``readahead`` bytes ahead of what readers asked for, and gives up its connection when they
+``readahead`` bytes ahead of what readers asked for (several at once share a budget, so that
+memory does not grow with the number of readers), and gives up its connection when they
 stay away for ``idle_close`` seconds. A read joins a fetch by the bytes that arrived, not
 by those on disk, which may lag them by megabytes; a fetch ends where the bytes that follow
 are on disk (``run_through`` of them at least, or all it is for).
@@ -66,6 +67,8 @@ class Fetcher:
         #: Body bytes received from the server and put on disk.
         self.bytes_received = 0
         self._small_flights = SingleFlight[int, bytes | None]()
+        #: Open-ended fetches copying now: they share ``stream_budget``.
+        self._streams = 0
 
     async def stop(self, bodies: Iterable[Body]) -> None:
         """Stop taking bytes from the network, and return once what arrived is on disk."""
@@ -255,6 +258,34 @@ class Fetcher:
         when the range is done, runs into bytes on disk, or readers stay away."""
         send, receive = trio.open_memory_channel[bytes](self._config.queued_chunks)
         failure: list[Exception] = []
+        streams = 1 if fetch.end is None else 0
+        self._streams += streams
+        try:
+            await self._copy_through(stream, body, fetch, send, receive, failure)
+        finally:
+            self._streams -= streams
+            body.recent.limit = self._config.recent_limit
+        if failure:
+            raise failure[0]
+
+    def _share(self, body: Body) -> int:
+        """How far an open-ended fetch of ``body`` may run ahead now: ``readahead`` for one
+        alone, else its share of ``stream_budget``; its recent bytes are sized to match."""
+        config = self._config
+        share = config.stream_budget // max(self._streams, 1)
+        readahead = min(config.readahead, max(config.min_readahead, share))
+        body.recent.limit = readahead * config.recent_limit // config.readahead
+        return readahead
+
+    async def _copy_through(
+        self,
+        stream: DownloadStream,
+        body: Body,
+        fetch: Fetch,
+        send: trio.MemorySendChannel[bytes],
+        receive: trio.MemoryReceiveChannel[bytes],
+        failure: list[Exception],
+    ) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_batches, body, fetch, receive, nursery.cancel_scope,
                                failure)  # fmt: skip
@@ -265,6 +296,8 @@ class Fetcher:
                         chunk = chunk[: _room(body, fetch, arrived)]
                         if not chunk:
                             break
+                        if fetch.end is None:
+                            self._share(body)
                         # Readers get the bytes now; the writer puts them on disk meanwhile.
                         body.recent.keep(arrived, chunk)
                         arrived = fetch.arrived = arrived + len(chunk)
@@ -280,8 +313,6 @@ class Fetcher:
             except MkwfsError as exc:
                 # The writer still puts what arrived on disk: the retry resumes after it.
                 failure.append(exc)
-        if failure:
-            raise failure[0]
 
     async def _write_batches(
         self,
@@ -336,7 +367,7 @@ class Fetcher:
     async def _hold_back(self, body: Body, fetch: Fetch, arrived: int) -> None:
         """Pause an open-ended fetch that ran far ahead of its readers; give it up (close the
         connection) when they stay away."""
-        while arrived > body.demand + self._config.readahead and not self.stopping:
+        while arrived > body.demand + self._share(body) and not self.stopping:
             with trio.move_on_after(self._config.idle_close):
                 await body.changed()
                 continue

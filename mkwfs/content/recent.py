@@ -11,7 +11,8 @@ class RecentBytes:
     """The last ``limit`` bytes (about) that arrived, as the pieces they came in."""
 
     def __init__(self, limit: int) -> None:
-        self._limit = limit
+        #: The bytes kept; a new limit takes effect at the next ``keep``.
+        self.limit = limit
         self._pieces: collections.deque[tuple[int, bytes]] = collections.deque()
         self._size = 0
 
@@ -19,7 +20,7 @@ class RecentBytes:
         """Keep ``data``, the bytes at ``offset``; the oldest pieces go past the limit."""
         self._pieces.append((offset, data))
         self._size += len(data)
-        while self._size > self._limit:
+        while self._size > self.limit:
             self._size -= len(self._pieces.popleft()[1])
 
     def holds(self, start: int, end: int) -> bool:

@@ -313,7 +313,7 @@ async def _serve_content(
 
 #: Seconds between two returns of freed memory to the system.
 _TRIM_INTERVAL = 5.0
-#: glibc's mallopt() parameters, and what they are set to: pieces of a body (up to 4 MiB)
+#: glibc's mallopt() parameters, and what they are set to: pieces of a body (up to 1 MiB)
 #: come from the heap, and freed memory stays there for the next ones until the next trim.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD = 32 << 20
@@ -324,7 +324,7 @@ async def serve_memory_trim() -> None:
     """Keep the memory bodies pass through for the next bytes, and return the heap's free
     pages to the system now and then.
 
-    Bodies pass through the daemon in pieces of up to 4 MiB. By default glibc gives each
+    Bodies pass through the daemon in pieces of up to 1 MiB. By default glibc gives each
     its own mapping, or gives the heap's top back as soon as it is free: every piece then
     costs fresh pages, and a cold read of 256 MiB took 23,000-35,000 page faults. With
     pieces taken from the heap and its top kept, it takes about 10,000, with 10-20% less

@@ -50,8 +50,9 @@ __all__ = ["BodyTooLong", "CurlTransport", "Head", "Whole"]
 
 log = logging.getLogger("mkwfs.remote.transport")
 
-#: Body bytes received for a reader before its transfer pauses.
-QUEUE_LIMIT: Final = 4 << 20
+#: Body bytes received for a reader before its transfer pauses: also the largest piece a
+#: reader gets, joined into fresh memory (larger pieces cost more page faults than trips).
+QUEUE_LIMIT: Final = 1 << 20
 #: The same before the reader got its first bytes; then the limit grows with the bytes the
 #: reader took, up to QUEUE_LIMIT; and HUNGRY_LIMIT at most while the reader waits. libcurl
 #: reads what has arrived before it returns to trio: up to QUEUE_LIMIT at once keeps a

@@ -129,3 +129,43 @@ def test_a_daemon_killed_mid_download_leaves_nothing_wrong_and_resumes(
     final = content / str(MEDIUM_FILE)
     assert wait_for(final.exists, timeout=15)
     assert final.stat().st_size == size
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def test_cold_readers_of_different_big_files_get_every_byte_in_bounded_memory(
+    mount_fs: MountFactory, emulator: Emulator
+) -> None:
+    # Each file is longer than what a body keeps in memory (readahead + recent bytes), so
+    # every stream turns its memory over while the others do.
+    ids = [emulator.add_download(BIG_BUILD, f"parallel-{i}.zip", 24 * MiB) for i in range(4)]
+    expected = {i: emulator.body_sha256(i) for i in ids}
+    mounted = mount_fs()
+    assert mounted.process is not None
+    paths = {i: mounted_path(mounted.path, emulator, i) for i in ids}
+    for path in paths.values():
+        os.stat(path)  # the sizes, before the readers start together
+    baseline = peak_rss(mounted.process.pid)
+    barrier = threading.Barrier(len(ids))
+    digests: dict[int, str] = {}
+
+    def read(download_id: int) -> None:
+        barrier.wait(timeout=30)
+        digests[download_id] = sha256(paths[download_id])
+
+    readers = [threading.Thread(target=read, args=(i,)) for i in ids]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(timeout=120)
+    assert digests == expected
+    assert emulator.requests[GET] == len(ids)  # one GET each
+    # The streams hold about readahead + recent bytes + queue + a disk stage each (about
+    # 60 MiB in all here; 130 MiB with 16 + 24 MiB per body), less than the bodies (96 MiB).
+    assert peak_rss(mounted.process.pid) - baseline < 4 * 24 * MiB

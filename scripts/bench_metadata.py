@@ -6,7 +6,9 @@ Starts ``python -m mkwfs.emulator --extra-builds N --downloads-per-build M`` onc
 until the command returns, i.e. the mount is ready), ``ls builds``, ``ls -l`` of one
 build, the daemon's peak RSS (VmHWM, read before anything else asks it), the requests the
 daemon sent by kind (its status answer, less the status check's own list of builds), and
-unmounts. Prints each run and the medians, and the load.
+unmounts; then a remount on the same cache directory (``mkwfs mount`` until it returns,
+with the listings kept in ``catalog.db``) and ``ls builds`` there, and unmounts again.
+Prints each run and the medians, and the load.
 
     .venv/bin/python scripts/bench_metadata.py [--builds 10000] [--per-build 10] [--runs 3]
 """
@@ -80,6 +82,14 @@ def _requests(status: dict[str, object]) -> Counter[str]:
     return Counter(api["requests"])
 
 
+def _umount(mountpoint: Path, env: dict[str, str], daemon: int) -> None:
+    """Unmount, and wait for the daemon to exit (its last writes to catalog.db done)."""
+    subprocess.run([*MKWFS, "umount", str(mountpoint)], env=env, cwd="/", check=False, timeout=60)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{daemon}").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def _timed(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     done = subprocess.run(
@@ -100,20 +110,27 @@ def one_run(url: str, token: str, build_id: int, product: Path | None) -> dict[s
         if product is not None:  # another checkout's mkwfs, against this emulator
             env["PYTHONPATH"] = str(product)
         mount_s = _timed([*MKWFS, "mount", str(mountpoint)], env)
+        daemon = _daemon_of(mountpoint)
         try:
             ls_s = _timed(["ls", str(mountpoint / "builds")], env)
             ls_l_s = _timed(["ls", "-l", str(mountpoint / "builds" / str(build_id))], env)
-            peak = _peak_rss_mib(_daemon_of(mountpoint))  # before status lists the builds
+            peak = _peak_rss_mib(daemon)  # before status lists the builds
             first = _status(mountpoint, env)
             second = _status(mountpoint, env)
             check = _requests(second) - _requests(first)
             sent = _requests(first) - check
         finally:
-            subprocess.run(
-                [*MKWFS, "umount", str(mountpoint)], env=env, cwd="/", check=False, timeout=60
-            )
+            _umount(mountpoint, env, daemon)
+        remount_s = _timed([*MKWFS, "mount", str(mountpoint)], env)
+        daemon = _daemon_of(mountpoint)
+        try:
+            remount_ls_s = _timed(["ls", str(mountpoint / "builds")], env)
+        finally:
+            _umount(mountpoint, env, daemon)
     return {"mount_s": mount_s, "ls_builds_s": ls_s, "ls_l_build_s": ls_l_s,
-            "peak_rss_mib": peak, "requests": dict(sorted(sent.items()))}  # fmt: skip
+            "peak_rss_mib": peak, "remount_s": remount_s, "remount_ls_builds_s": remount_ls_s,
+            "remount_and_ls_s": remount_s + remount_ls_s,
+            "requests": dict(sorted(sent.items()))}  # fmt: skip
 
 
 def main() -> int:
@@ -138,12 +155,14 @@ def main() -> int:
         emulator.terminate()
         emulator.wait(timeout=30)
     print(f"medians of {len(runs)} runs, {args.builds} extra builds x {args.per_build} downloads:")
-    for key in ("mount_s", "ls_builds_s", "ls_l_build_s", "peak_rss_mib"):
+    figures = ("mount_s", "ls_builds_s", "ls_l_build_s", "peak_rss_mib", "remount_s",
+               "remount_ls_builds_s", "remount_and_ls_s")  # fmt: skip
+    for key in figures:
         values = [float(str(run[key])) for run in runs]
         low, high = min(values), max(values)
-        print(f"  {key:14} {statistics.median(values):8.3f}  (range {low:.3f}-{high:.3f})")
-    print(f"  requests       {runs[-1]['requests']}")
-    print(f"  load           {Path('/proc/loadavg').read_text().strip()}")
+        print(f"  {key:19} {statistics.median(values):8.3f}  (range {low:.3f}-{high:.3f})")
+    print(f"  requests            {runs[-1]['requests']}")
+    print(f"  load                {Path('/proc/loadavg').read_text().strip()}")
     return 0
 
 

@@ -108,8 +108,8 @@ class Catalog:
         #: Builds whose listing was dropped (``refresh``): asked of the API once, not
         #: taken from the object in the list of builds that is still cached.
         self._dropped: set[int] = set()
-        #: Set while `start` reads the list of builds kept on disk.
-        self._reading_kept: trio.Event | None = None
+        #: While `start` reads the list of builds kept on disk: set once it is served.
+        self._serving_kept: trio.Event | None = None
         self._store = MemoryStore() if store is None else store
         self._clocks = (timer, wall)
         self._last_builds: LastGood[None, dict[int, Build]] = self._last_good(
@@ -180,8 +180,8 @@ class Catalog:
 
     async def builds(self) -> dict[int, Build]:
         """Every build, by id (once `start` has read the list kept, if it is reading it)."""
-        if self._reading_kept is not None:
-            await self._reading_kept.wait()
+        if self._serving_kept is not None:
+            await self._serving_kept.wait()
 
         return await self._last_builds.get(None, lambda: self._builds.get(None, self._fetch_builds))
 
@@ -320,48 +320,66 @@ class Catalog:
                 raise
             return
         kept: list[Fetched[dict[int, Build]] | None] = []
-        read = self._reading_kept = trio.Event()
+        read, served = trio.Event(), trio.Event()
+        self._serving_kept = served
 
         async def read_kept() -> None:
             # Nothing else reads the store yet: its list (megabytes of JSON) is read aside.
             try:
                 kept.append(await trio.to_thread.run_sync(self._last_builds.fact, None))
             finally:
-                self._reading_kept = None
                 read.set()
 
         background.start_soon(read_kept)
         try:
-            await self._ask(lambda: self._api.check_builds(retry=False))
-        except TransportError as exc:
-            await read.wait()
-            if not kept or kept[0] is None:
-                raise
-            self.staleness.go_offline(exc)
-            self._api.offline = True
-            return
-        except ApiError as exc:
-            if not is_transient(exc):
-                raise
-            await self._ask(self._api.check_builds)
-        background.start_soon(self._load_at_start, read, kept)
+            try:
+                await self._ask(lambda: self._api.check_builds(retry=False))
+            except TransportError as exc:
+                await read.wait()
+                if not kept or kept[0] is None:
+                    raise
+                self.staleness.go_offline(exc)
+                self._api.offline = True
+                self._kept_served(served)
+                return
+            except ApiError as exc:
+                if not is_transient(exc):
+                    raise
+                await self._ask(self._api.check_builds)
+        except BaseException:
+            self._kept_served(served)
+            raise
+        background.start_soon(self._load_at_start, read, kept, served)
+
+    def _kept_served(self, served: trio.Event) -> None:
+        if self._serving_kept is served:
+            self._serving_kept = None
+        served.set()
 
     async def _load_at_start(
-        self, read: trio.Event, kept: list[Fetched[dict[int, Build]] | None]
+        self,
+        read: trio.Event,
+        kept: list[Fetched[dict[int, Build]] | None],
+        served: trio.Event,
     ) -> None:
-        """`start`'s list of builds: the kept one served, then the server's."""
+        """`start`'s list of builds: the kept one served (then ``served`` is set), then the
+        server's."""
         await read.wait()
         try:
             if not kept or kept[0] is None:
+                self._kept_served(served)
                 await self._builds.get(None, self._fetch_builds)  # `builds` joins it
                 return
             if self._builds.peek(None) is None:
                 self._remember_records(kept[0].value)
                 self._builds.put(None, kept[0].value)
+            self._kept_served(served)
             builds = await self._fetch_builds()
         except MkwfsError as exc:
             log.warning("the list of builds failed at mount time (asked again when used): %s", exc)
             return
+        finally:
+            self._kept_served(served)
         self._builds.put(None, builds)
 
     async def check(self) -> None:

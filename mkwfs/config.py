@@ -30,11 +30,13 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from mkwfs.remote.api import Credentials
 from mkwfs.remote.errors import ConfigError
+
+if TYPE_CHECKING:  # the API (httpx, trio) is imported by the daemon, not by every command
+    from mkwfs.remote.auth import Credentials
 
 DEFAULT_API_URL = "https://app.metakraftwerk.com"
 DEFAULT_TTL = 60.0
@@ -575,6 +577,8 @@ class Config:
 
     @property
     def credentials(self) -> Credentials:
+        from mkwfs.remote.auth import Credentials
+
         return Credentials(token=self.token, email=self.email, password=self.password)
 
     def with_server(self, api_url: str, token: str) -> Config:

@@ -39,9 +39,9 @@ import trio
 from mkwfs.catalog import codecs
 from mkwfs.catalog.cache import AsyncTTLCache, StateAwareCache
 from mkwfs.catalog.stale import LastGood, Staleness, server_failed
-from mkwfs.catalog.store import Codec, FactStore, FactTable, MemoryStore
+from mkwfs.catalog.store import Codec, FactStore, FactTable, Fetched, MemoryStore
 from mkwfs.remote.api import ApiClient, is_transient
-from mkwfs.remote.errors import ApiError, Offline, TransportError
+from mkwfs.remote.errors import ApiError, MkwfsError, Offline, TransportError
 from mkwfs.remote.models import Build, Download
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,8 @@ class Catalog:
         #: Builds whose listing was dropped (``refresh``): asked of the API once, not
         #: taken from the object in the list of builds that is still cached.
         self._dropped: set[int] = set()
+        #: While `start` reads the list of builds kept on disk: set once it is served.
+        self._serving_kept: trio.Event | None = None
         self._store = MemoryStore() if store is None else store
         self._clocks = (timer, wall)
         self._last_builds: LastGood[None, dict[int, Build]] = self._last_good(
@@ -177,7 +179,9 @@ class Catalog:
     # -- facts -------------------------------------------------------------------------
 
     async def builds(self) -> dict[int, Build]:
-        """Every build, by id."""
+        """Every build, by id (once `start` has read the list kept, if it is reading it)."""
+        if self._serving_kept is not None:
+            await self._serving_kept.wait()
 
         return await self._last_builds.get(None, lambda: self._builds.get(None, self._fetch_builds))
 
@@ -292,25 +296,90 @@ class Catalog:
 
     # -- the server: reached or not ------------------------------------------------------
 
-    async def start(self) -> None:
-        """Ask for the list of builds at mount time, once. The server out of reach (no
-        connection, no answer within ``timeout``) with a list kept from an earlier mount:
-        offline (see the module docstring). Another transient failure is asked again with
-        the retries; anything else (a 401, no list kept) is raised."""
-        # Nothing else reads the store yet: its list (megabytes of JSON) is read aside.
-        kept = await trio.to_thread.run_sync(self._last_builds.fact, None)
-        try:
-            builds = await self._fetch_builds(retry=False)
-        except TransportError as exc:
-            if kept is None:
+    async def start(self, background: trio.Nursery | None = None) -> None:
+        """Check the server at mount time, once, with a request for no builds at all
+        (`ApiClient.check_builds`: the URL and the token in one small request, where the
+        list of builds may take seconds). The server out of reach (no connection, no answer
+        within ``timeout``) with a list kept from an earlier mount: offline (see the module
+        docstring). Another transient failure is asked again with the retries; anything
+        else (a 401, no list kept) is raised.
+
+        Then the list of builds, in ``background`` (a mount is ready without it) or before
+        this returns: the list kept from an earlier mount is served at once (`builds` waits
+        for it to be read, never for the server), and asked again; without one it is asked,
+        and `builds` waits for it. A failure there is logged; the next `builds` asks again.
+        """
+        if background is None:
+            try:
+                async with trio.open_nursery() as nursery:
+                    await self.start(nursery)
+            except BaseExceptionGroup as group:  # raised bare, as with a ``background``
+                failure = group.exceptions[0] if len(group.exceptions) == 1 else None
+                if isinstance(failure, MkwfsError):
+                    raise failure from group
                 raise
-            self.staleness.go_offline(exc)
-            self._api.offline = True
             return
-        except ApiError as exc:
-            if not is_transient(exc):
-                raise
+        kept: list[Fetched[dict[int, Build]] | None] = []
+        read, served = trio.Event(), trio.Event()
+        self._serving_kept = served
+
+        async def read_kept() -> None:
+            # Nothing else reads the store yet: its list (megabytes of JSON) is read aside.
+            try:
+                kept.append(await trio.to_thread.run_sync(self._last_builds.fact, None))
+            finally:
+                read.set()
+
+        background.start_soon(read_kept)
+        try:
+            try:
+                await self._ask(lambda: self._api.check_builds(retry=False))
+            except TransportError as exc:
+                await read.wait()
+                if not kept or kept[0] is None:
+                    raise
+                self.staleness.go_offline(exc)
+                self._api.offline = True
+                self._kept_served(served)
+                return
+            except ApiError as exc:
+                if not is_transient(exc):
+                    raise
+                await self._ask(self._api.check_builds)
+        except BaseException:
+            self._kept_served(served)
+            raise
+        background.start_soon(self._load_at_start, read, kept, served)
+
+    def _kept_served(self, served: trio.Event) -> None:
+        if self._serving_kept is served:
+            self._serving_kept = None
+        served.set()
+
+    async def _load_at_start(
+        self,
+        read: trio.Event,
+        kept: list[Fetched[dict[int, Build]] | None],
+        served: trio.Event,
+    ) -> None:
+        """`start`'s list of builds: the kept one served (then ``served`` is set), then the
+        server's."""
+        await read.wait()
+        try:
+            if not kept or kept[0] is None:
+                self._kept_served(served)
+                await self._builds.get(None, self._fetch_builds)  # `builds` joins it
+                return
+            if self._builds.peek(None) is None:
+                self._remember_records(kept[0].value)
+                self._builds.put(None, kept[0].value)
+            self._kept_served(served)
             builds = await self._fetch_builds()
+        except MkwfsError as exc:
+            log.warning("the list of builds failed at mount time (asked again when used): %s", exc)
+            return
+        finally:
+            self._kept_served(served)
         self._builds.put(None, builds)
 
     async def check(self) -> None:

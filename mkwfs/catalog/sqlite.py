@@ -79,6 +79,10 @@ class SqliteStore(FactStore):
         self.server = server
         self._reader, self._writer = _connect(path)
         self._lock = threading.Lock()  # guards _pending between trio and the worker
+        #: Held by a read and by close: a read may run in a worker thread (the catalog's
+        #: start reads the list of builds aside), and the mount may end meanwhile.
+        self._reading = threading.Lock()
+        self._closed = False
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._dirty = trio.Event()
         self._failed = False
@@ -103,17 +107,18 @@ class SqliteStore(FactStore):
 
     def read(self, kind: str, key: str) -> tuple[float, Validator | None, bytes] | None:
         """The row of one fact: fetch time, validator, encoded value; None without one."""
-        if self._failed:
-            return None
-        try:
-            row = self._reader.execute(
-                "SELECT fetched_at, etag, last_modified, value FROM facts "
-                "WHERE server = ? AND kind = ? AND key = ?",
-                (self.server, kind, key),
-            ).fetchone()
-        except sqlite3.Error as exc:
-            self._fail("read", exc)
-            return None
+        with self._reading:
+            if self._failed or self._closed:
+                return None
+            try:
+                row = self._reader.execute(
+                    "SELECT fetched_at, etag, last_modified, value FROM facts "
+                    "WHERE server = ? AND kind = ? AND key = ?",
+                    (self.server, kind, key),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                self._fail("read", exc)
+                return None
         if row is None:
             return None
         fetched_at, etag, last_modified, value = row
@@ -192,7 +197,9 @@ class SqliteStore(FactStore):
     def close(self) -> None:
         """Write what is queued and close the database (blocking: from a thread)."""
         self._write_pending()
-        self._reader.close()
+        with self._reading:
+            self._closed = True
+            self._reader.close()
         self._writer.close()
 
     def _fail(self, what: str, exc: sqlite3.Error) -> None:

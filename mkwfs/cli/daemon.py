@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import NoReturn
 
-import trio
-
 from mkwfs.cli.messages import EXIT_FAILED, EXIT_OK, startup_message
 from mkwfs.config import (
     SECRET_VARIABLES,
@@ -69,6 +67,8 @@ def _server_for(config: Config) -> Iterator[Config]:
 
 def _serve(config: Config, on_ready: Callable[[], None]) -> None:
     """Serve the mount in this process. No core dumps: the process holds secrets."""
+    import trio
+
     from mkwfs.fuse.mount import serve
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mkwfs.cli.daemon import run_daemon, run_exec_foreground, run_foreground, spawn_daemon
-from mkwfs.cli.login import login, logout
 from mkwfs.cli.messages import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from mkwfs.cli.parser import (
     DEMO_NAMES,
@@ -31,7 +30,6 @@ from mkwfs.cli.parser import (
     flags_of,
     mountpoint_path,
 )
-from mkwfs.cli.running import prefetch_files, refresh, status
 from mkwfs.config import (
     Config,
     Setting,
@@ -39,7 +37,6 @@ from mkwfs.config import (
     describe,
     resolve,
 )
-from mkwfs.fuse import control
 from mkwfs.fuse.checks import (
     NO_FUSERMOUNT,
     StartupError,
@@ -113,6 +110,8 @@ def _umount(args: argparse.Namespace) -> int:
         detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
         hint = "; close what uses it, or use --lazy" if "busy" in detail.lower() else ""
         raise StartupError(f"cannot unmount {mountpoint}: {detail}{hint}")
+    from mkwfs.fuse import control
+
     deadline = time.monotonic() + DAEMON_EXIT_TIMEOUT
     while control.is_served(mountpoint) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -134,15 +133,45 @@ def _show_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _status(args: argparse.Namespace) -> int:
+    from mkwfs.cli.running import status
+
+    return status(args)
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    from mkwfs.cli.running import refresh
+
+    return refresh(args)
+
+
+def _prefetch(args: argparse.Namespace) -> int:
+    from mkwfs.cli.running import prefetch_files
+
+    return prefetch_files(args)
+
+
+def _login(args: argparse.Namespace) -> int:
+    from mkwfs.cli.login import login
+
+    return login(args)
+
+
+def _logout(args: argparse.Namespace) -> int:
+    from mkwfs.cli.login import logout
+
+    return logout(args)
+
+
 _COMMANDS: Mapping[str, Callable[[argparse.Namespace], int]] = {
     "mount": _mount,
     "demo": _mount,
     "umount": _umount,
-    "status": status,
-    "refresh": refresh,
-    "prefetch": prefetch_files,
-    "login": login,
-    "logout": logout,
+    "status": _status,
+    "refresh": _refresh,
+    "prefetch": _prefetch,
+    "login": _login,
+    "logout": _logout,
     "config": _show_config,
 }
 

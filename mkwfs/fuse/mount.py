@@ -241,7 +241,7 @@ async def _serve(config: Config, on_ready: Callable[[], None]) -> None:
             size_probes=config.size_probes,
             store=store,
         )
-        await tree.catalog.start()
+        await tree.catalog.start(nursery)
         mount = _Mount(config, api, content, tree)
         initialized = trio.Event()
         operations = MkwfsOperations(

@@ -46,6 +46,7 @@ from mkwfs.remote.payloads import (
     Listing,
     decode_json,
     decode_list,
+    feathers_page,
     json_object,
 )
 from mkwfs.remote.probes import NO_HEAD_STATUSES, HeadBatches, SizeProbes
@@ -77,6 +78,8 @@ T = TypeVar("T")
 
 _DEFAULT_RETRY = RetryPolicy()
 _NO_RETRY = RetryPolicy(attempts=1)
+#: The bytes of `ApiClient.check_builds`'s answer read (a page of no builds is about 50).
+CHECK_BYTES = 64 * 1024
 
 
 @runtime_checkable
@@ -246,6 +249,24 @@ class ApiClient:
         """`list_builds` with ``filters``, conditional."""
         filters = filters or {}
         return await self._list("/api/v1/builds", filters, parse_build, validator, retry)
+
+    async def check_builds(self, *, retry: bool = True) -> None:
+        """Ask for a page of no builds (``$limit=0``): whether the server answers as the API
+        and takes the token, in one small request where the list of builds takes seconds.
+        Raises as a list request would (``ProtocolError`` for an answer that is no list).
+        A server that ignores ``$limit`` sends its whole list: past ``CHECK_BYTES``, only its
+        start is checked, and the rest is cut off unread."""
+
+        async def once() -> None:
+            exchange = self._session.exchange("GET", "/api/v1/builds", params={"$limit": 0})
+            async with exchange as response:
+                head, complete = await _read_head(response, CHECK_BYTES)
+            try:
+                _check_list_start(head, complete=complete)
+            except ValueError as exc:
+                raise protocol_error(response.request, exc) from exc
+
+        await retrying(self._retry if retry else _NO_RETRY, once)
 
     async def build_if_changed(
         self, build_id: int, validator: Validator | None, *, retry: bool = True
@@ -491,6 +512,31 @@ async def _none_for(
     """Every id with None: what a batch of probes gives that asked nothing."""
     for download_id in list(download_ids):
         yield download_id, None
+
+
+async def _read_head(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """The body, or its first ``limit`` bytes or so; and whether that is the whole body."""
+    head = bytearray()
+    try:
+        async for chunk in response.aiter_bytes():
+            head += chunk
+            if len(head) >= limit:
+                return bytes(head), False
+    except httpx.HTTPError as exc:
+        raise map_httpx_error(exc, response.request) from exc
+    return bytes(head), True
+
+
+def _check_list_start(head: bytes, *, complete: bool) -> None:
+    """``ValueError`` unless ``head`` is a list answer (a JSON array or a Feathers page), or,
+    not ``complete``, starts as one."""
+    if not complete:
+        if head.lstrip()[:1] not in (b"[", b"{"):
+            raise ValueError("the answer is not JSON")
+        return
+    data = decode_json(head)
+    if not isinstance(data, list):
+        feathers_page(data, skip=0)
 
 
 def _whole(parse: Callable[[object], T]) -> ItemParser[T]:
